@@ -1,0 +1,1 @@
+"""Compiled kernels (Cython + C).  Trusted inputs only: call them through ``fastnet.ops``."""

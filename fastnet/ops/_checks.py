@@ -1,0 +1,76 @@
+"""Argument checks shared by every op.  Kernels trust their inputs; these make that safe."""
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_array(x, name, *, ndim=None, dtype=None, contiguous=True):
+    """Return ``x`` unchanged after checking it is a float32/float64 ndarray of ``ndim`` dims.
+
+    Ops take already-converted arrays: the conversion of user input happens once per batch in
+    the model, not in every op.  ``dtype`` pins the dtype (e.g. to match another argument).
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)} (like the other inputs), "
+                        f"got {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
+    if contiguous and not x.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
+    return x
+
+
+def check_out(out, name, shape, dtype):
+    """Check a caller-supplied output buffer, or allocate one when ``out`` is None."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray or None, got {type(out).__name__}")
+    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous \
+            or not out.flags.writeable:
+        raise ValueError(f"{name} must be a writeable C-contiguous {np.dtype(dtype)} array of "
+                         f"shape {tuple(shape)}, got {out.dtype} {out.shape}")
+    return out
+
+
+def check_positive_int(v, name, *, minimum=1):
+    """Return ``v`` as int after checking it is an integer >= ``minimum``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return int(v)
+
+
+def pair(v, name, *, minimum=1):
+    """Normalize an int or a pair of ints (kernel size, strides) to a tuple of two ints."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        v = (v, v)
+    if not isinstance(v, (tuple, list)) or len(v) != 2:
+        raise ValueError(f"{name} must be an integer or a pair of integers, got {v!r}")
+    return tuple(check_positive_int(x, name, minimum=minimum) for x in v)
+
+
+def check_padding(padding):
+    """Return the padding mode lower-cased after checking it is 'valid' or 'same'."""
+    if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    return padding.lower()
+
+
+def conv_output_size(size, k, stride, padding):
+    """(output size, pad before, pad after) along one axis, TensorFlow's rule for 'same'."""
+    if padding == "valid":
+        if size < k:
+            raise ValueError(f"kernel size {k} is larger than the input size {size} "
+                             f"with padding='valid'")
+        return (size - k) // stride + 1, 0, 0
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return out, total // 2, total - total // 2
