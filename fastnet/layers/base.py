@@ -1,0 +1,177 @@
+"""The Layer base class: weights, configuration and reusable buffers; the math is in ops."""
+import re
+
+import numpy as np
+
+from fastnet import initializers
+
+_name_counts = {}
+
+
+def _auto_name(cls_name):
+    base = re.sub(r"(?<!^)(?=[A-Z])", "_", cls_name).lower()
+    n = _name_counts.get(base, 0)
+    _name_counts[base] = n + 1
+    return base if n == 0 else f"{base}_{n}"
+
+
+def _as_shape(shape, name):
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of integers, got {shape!r}") from None
+    for s in shape:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+            raise ValueError(f"{name} must hold positive integers, got {shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+class Layer:
+    """A layer holds its weights, its configuration and its output/gradient buffers.
+
+    Subclasses implement ``build_weights(input_shape)``, ``compute_output_shape(input_shape)``,
+    ``forward(x, training)`` and ``backward(dy)``; shapes exclude the batch axis.
+    ``forward`` returns an array owned by the layer (reused on the next call of the same batch
+    size); ``backward`` writes the weight gradients into ``self.grads`` and returns dL/dx
+    (or None when the model said the input gradient is not needed).
+    """
+
+    def __init__(self, name=None, trainable=True, dtype=None, input_shape=None, input_dim=None,
+                 **kwargs):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: unexpected keyword argument(s) "
+                            f"{sorted(kwargs)}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string, got {type(name).__name__}")
+        self.name = name or _auto_name(type(self).__name__)
+        self.trainable = bool(trainable)
+        dt = np.dtype(dtype or "float32")
+        if dt not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {dt}")
+        self.dtype = dt
+        if input_dim is not None and input_shape is None:
+            input_shape = (input_dim,)
+        self.batch_input_shape = _as_shape(input_shape, "input_shape") if input_shape is not None \
+            else None
+        self.built = False
+        self.input_shape = self.output_shape = None
+        self.params = {}   # name -> array, Keras order (a view into the model's flat buffer)
+        self.grads = {}    # name -> array, same shapes
+        self.need_input_grad = True
+        self._buffers = {}
+
+    # -- weights ---------------------------------------------------------------------------
+    def add_weight(self, name, shape, initializer):
+        """Create a weight of ``shape`` initialized by ``initializer`` (name or callable)."""
+        value = np.ascontiguousarray(initializers.get(initializer)(tuple(shape), self.dtype),
+                                     dtype=self.dtype)
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+        return value
+
+    def build(self, input_shape):
+        """Create the weights for inputs of ``input_shape`` (no batch axis)."""
+        input_shape = _as_shape(input_shape, "input_shape")
+        self.output_shape = self.compute_output_shape(input_shape)
+        self.input_shape = input_shape
+        self.build_weights(input_shape)
+        self.built = True
+
+    def build_weights(self, input_shape):
+        pass
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    @property
+    def weights(self):
+        """The weight arrays themselves, Keras order."""
+        return list(self.params.values())
+
+    @property
+    def trainable_weights(self):
+        return self.weights if self.trainable else []
+
+    def get_weights(self):
+        """Copies of the weights, Keras order and layouts."""
+        return [w.copy() for w in self.params.values()]
+
+    def set_weights(self, weights):
+        """Set every weight from a list of arrays in Keras order and layouts."""
+        if not isinstance(weights, (list, tuple)):
+            raise TypeError(f"{self.name}.set_weights: weights must be a list of arrays, "
+                            f"got {type(weights).__name__}")
+        if len(weights) != len(self.params):
+            raise ValueError(f"{self.name}.set_weights: expected {len(self.params)} arrays "
+                             f"({', '.join(self.params) or 'none'}), got {len(weights)}")
+        checked = []
+        for (name, current), new in zip(self.params.items(), weights):
+            new = np.asarray(new)
+            if new.dtype.kind not in "fiub":
+                raise TypeError(f"{self.name}.set_weights: {name} must be numeric, got {new.dtype}")
+            if new.shape != current.shape:
+                raise ValueError(f"{self.name}.set_weights: {name} must have shape "
+                                 f"{current.shape}, got {new.shape}")
+            checked.append(new)
+        for current, new in zip(self.params.values(), checked):
+            current[...] = new  # in place: the flat parameter buffer stays the storage
+
+    def count_params(self):
+        return int(sum(w.size for w in self.params.values()))
+
+    # -- buffers ---------------------------------------------------------------------------
+    def buffer(self, key, shape):
+        """A layer-owned array of ``shape``, reused across steps of the same batch size."""
+        shape = tuple(shape)
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != shape:
+            buf = self._buffers[key] = np.empty(shape, dtype=self.dtype)
+        return buf
+
+    def release_buffers(self):
+        self._buffers = {}
+
+    # -- computation -----------------------------------------------------------------------
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x, training=False):
+        """Eager call on a NumPy batch: builds on first use and returns a new array."""
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if x.ndim < 1:
+            raise ValueError(f"{self.name}: input must have a batch axis, got shape {x.shape}")
+        if not self.built:
+            self.build(x.shape[1:])
+        elif x.shape[1:] != self.input_shape:
+            raise ValueError(f"{self.name}: expected input shape (batch, "
+                             f"{', '.join(map(str, self.input_shape))}), got {x.shape}")
+        return self.forward(x, training=training).copy()
+
+    def get_config(self):
+        cfg = {"name": self.name, "trainable": self.trainable, "dtype": self.dtype.name}
+        if self.batch_input_shape is not None:
+            cfg["input_shape"] = self.batch_input_shape
+        return cfg
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r}>"
+
+
+class ActivationMixin:
+    """Shared by layers with an ``activation=`` argument: apply it and its gradient.
+
+    ReLU is fused into the GEMM/conv epilogue by the layers themselves; the rest go through
+    the activation ops.  ``skip_activation_grad`` is set by the model when the loss already
+    returns the gradient with respect to the pre-activation (softmax + cross-entropy).
+    """
+
+    skip_activation_grad = False
+
+    def activation_grad(self, dy, y):
+        from fastnet.ops.activations import activation_backward
+        if self.activation is None or self.skip_activation_grad:
+            return dy
+        return activation_backward(self.activation, dy, y, out=self.buffer("dz", dy.shape))

@@ -1,0 +1,144 @@
+"""Core layers: Input, InputLayer, Dense, Flatten, Activation."""
+import numpy as np
+
+from fastnet import activations
+from fastnet.layers.base import ActivationMixin, Layer, _as_shape
+from fastnet.ops import activations as act_ops
+from fastnet.ops.core import bias_grad
+from fastnet.ops.matmul import matmul
+
+
+class InputLayer(Layer):
+    """Declares the input shape (no batch axis) of a Sequential model; passes data through."""
+
+    def __init__(self, input_shape=None, batch_size=None, dtype=None, name=None, shape=None,
+                 **kwargs):
+        shape = shape if shape is not None else input_shape
+        if shape is None:
+            raise ValueError("InputLayer: shape (or input_shape) is required")
+        super().__init__(name=name, dtype=dtype, input_shape=shape, **kwargs)
+        self.batch_size = batch_size
+
+    def forward(self, x, training=False):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["batch_size"] = self.batch_size
+        return cfg
+
+
+class KerasTensor:
+    """What ``Input(shape)`` returns: a symbolic batch of ``shape`` (batch axis None)."""
+
+    def __init__(self, layer):
+        self._keras_history = layer
+        self.shape = (layer.batch_size,) + layer.batch_input_shape
+        self.dtype = layer.dtype
+
+    def __repr__(self):
+        return f"<KerasTensor shape={self.shape} dtype={self.dtype.name}>"
+
+
+def Input(shape=None, batch_size=None, dtype=None, name=None):
+    """A symbolic input of ``shape`` (no batch axis); the first entry of a Sequential model."""
+    if shape is None:
+        raise ValueError("Input: shape is required, e.g. Input(shape=(28, 28, 1))")
+    return KerasTensor(InputLayer(shape=_as_shape(shape, "shape"), batch_size=batch_size,
+                                  dtype=dtype, name=name))
+
+
+class Dense(ActivationMixin, Layer):
+    """y = activation(x @ kernel + bias) over the last axis.
+
+    x (batch, ..., in) -> y (batch, ..., units); kernel (in, units), bias (units,).
+    """
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
+            raise ValueError(f"Dense: units must be a positive integer, got {units!r}")
+        self.units = int(units)
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) < 1:
+            raise ValueError(f"{self.name}: Dense needs inputs of rank >= 2 (batch, features)")
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def build_weights(self, input_shape):
+        self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer)
+        if self.use_bias:
+            self.add_weight("bias", (self.units,), self.bias_initializer)
+
+    def forward(self, x, training=False):
+        x2 = x.reshape(-1, x.shape[-1])
+        fused = self.activation if self.activation == "relu" else None
+        z = matmul(x2, self.params["kernel"], bias=self.params.get("bias"), activation=fused,
+                   out=self.buffer("z", (x2.shape[0], self.units)))
+        y = z
+        if self.activation is not None and fused is None:
+            y = act_ops.activation_forward(self.activation, z, out=self.buffer("y", z.shape))
+        self._x, self._y = x2, y
+        return y.reshape(x.shape[:-1] + (self.units,))
+
+    def backward(self, dy):
+        dy = self.activation_grad(dy.reshape(self._y.shape), self._y)
+        matmul(self._x, dy, transpose_a=True, out=self.grads["kernel"])
+        if self.use_bias:
+            bias_grad(dy, out=self.grads["bias"])
+        if not self.need_input_grad:
+            return None
+        dx = matmul(dy, self.params["kernel"], transpose_b=True, out=self.buffer("dx", self._x.shape))
+        return dx
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(units=self.units, activation=self.activation or "linear",
+                   use_bias=self.use_bias)
+        return cfg
+
+
+class Flatten(Layer):
+    """(batch, d1, d2, ...) -> (batch, d1*d2*...), row-major (NHWC order), a view."""
+
+    def compute_output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x, training=False):
+        self._in_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._in_shape) if self.need_input_grad else None
+
+
+class Activation(ActivationMixin, Layer):
+    """Applies an activation by name ('relu', 'sigmoid', 'tanh', 'softmax', 'linear')."""
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activations.get(activation)
+
+    def forward(self, x, training=False):
+        if self.activation is None:
+            self._y = x
+            return x
+        self._y = act_ops.activation_forward(self.activation, x, out=self.buffer("y", x.shape))
+        return self._y
+
+    def backward(self, dy):
+        if not self.need_input_grad:
+            return None
+        return self.activation_grad(dy, self._y)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["activation"] = self.activation or "linear"
+        return cfg
