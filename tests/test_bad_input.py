@@ -42,7 +42,7 @@ def test_fit_rejects(x, y, kwargs, exc, match):
     model = compiled()
     before = model.get_weights()
     with pytest.raises(exc, match=match):
-        model.fit(x, y, verbose=0, **kwargs)
+        model.fit(x, y, **{"verbose": 0, **kwargs})
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
 

@@ -4,7 +4,10 @@
 ``gemm_into`` is the Python-visible wrapper used by ``fastnet.ops.matmul``; other kernels
 cimport ``sgemm``/``dgemm``/``gemm`` from ``gemm.pxd`` and call them without the GIL.
 """
+cimport numpy as cnp
 from cython cimport floating
+
+cnp.import_array()
 
 cdef extern from "fastnet_gemm.h":
     void fn_sgemm(int transa, int transb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, float alpha,
@@ -16,6 +19,9 @@ cdef extern from "fastnet_gemm.h":
     const char *fn_gemm_isa()
     int fn_gemm_set_isa(const char *name)
     const char *fn_gemm_available_isas()
+
+cdef extern from "gemm_internal.h":
+    int fn_gemm_blocking(const char *name, int use_double, int *sizes)
 
 
 cdef void sgemm(bint transa, bint transb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
@@ -30,18 +36,42 @@ cdef void dgemm(bint transa, bint transb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t
     fn_dgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, act, nthreads)
 
 
-def gemm_into(floating[:, :] a, floating[:, :] b, floating[:, ::1] c, bint transa, bint transb,
-              double alpha, double beta, const floating[::1] bias, int act, int nthreads):
-    """c = act(alpha op(a) op(b) + beta c + bias).  a, b need a unit inner stride."""
+def gemm_into(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, bint transa, bint transb,
+              double alpha, double beta, cnp.ndarray bias, int act, int nthreads):
+    """c = act(alpha op(a) op(b) + beta c + bias) on 2-D float32/float64 arrays of one dtype.
+
+    Trusted: the caller (``fastnet.ops.matmul``) has checked shapes, that a, b and c have a unit
+    inner stride and non-negative row strides (the leading dimensions), that c is writeable and
+    overlaps nothing, and that bias (or None) is contiguous with c.shape[1] entries.  Plain
+    ndarray access, no memoryviews: this wrapper costs well under a microsecond.
+    """
+    if a.ndim != 2 or b.ndim != 2 or c.ndim != 2:
+        raise ValueError("gemm_into: a, b and c must be 2-D")
+    cdef int typ = cnp.PyArray_TYPE(c)
+    if cnp.PyArray_TYPE(a) != typ or cnp.PyArray_TYPE(b) != typ or (
+            bias is not None and cnp.PyArray_TYPE(bias) != typ):
+        raise TypeError("gemm_into: a, b, c and bias must share one dtype")
     cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
     cdef Py_ssize_t k = a.shape[0] if transa else a.shape[1]
-    cdef Py_ssize_t lda = a.strides[0] // sizeof(floating)
-    cdef Py_ssize_t ldb = b.strides[0] // sizeof(floating)
-    cdef Py_ssize_t ldc = c.strides[0] // sizeof(floating)
-    cdef const floating *pbias = &bias[0] if bias is not None else NULL
-    with nogil:
-        gemm(transa, transb, m, n, k, <floating>alpha, &a[0, 0], lda, &b[0, 0], ldb,
-             <floating>beta, &c[0, 0], ldc, pbias, act, nthreads)
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(c)
+    cdef Py_ssize_t lda = a.strides[0] // item, ldb = b.strides[0] // item
+    cdef Py_ssize_t ldc = c.strides[0] // item
+    cdef void *pa = cnp.PyArray_DATA(a)
+    cdef void *pb = cnp.PyArray_DATA(b)
+    cdef void *pc = cnp.PyArray_DATA(c)
+    cdef void *pbias = NULL if bias is None else cnp.PyArray_DATA(bias)
+    if typ == cnp.NPY_FLOAT32:
+        with nogil:
+            fn_sgemm(transa, transb, m, n, k, <float>alpha, <const float *>pa, lda,
+                     <const float *>pb, ldb, <float>beta, <float *>pc, ldc,
+                     <const float *>pbias, act, nthreads)
+    elif typ == cnp.NPY_FLOAT64:
+        with nogil:
+            fn_dgemm(transa, transb, m, n, k, alpha, <const double *>pa, lda,
+                     <const double *>pb, ldb, beta, <double *>pc, ldc,
+                     <const double *>pbias, act, nthreads)
+    else:
+        raise TypeError("gemm_into: dtype must be float32 or float64")
 
 
 def isa():
@@ -58,3 +88,13 @@ def set_isa(str name):
 def available_isas():
     """The paths this build and CPU can run, best first."""
     return fn_gemm_available_isas().decode().split(",")
+
+
+def blocking(str name, dtype):
+    """Block sizes of path ``name`` for ``dtype`` (float32/float64): a dict with the register
+    tile ``mr`` x ``nr`` and the cache blocks ``kc``, ``mc``, ``nc`` (for tests, benchmarks)."""
+    cdef int sizes[5]
+    import numpy as np
+    if fn_gemm_blocking(name.encode(), np.dtype(dtype) == np.float64, sizes) != 0:
+        raise ValueError(f"isa must be one of {available_isas()}, got {name!r}")
+    return dict(mr=sizes[0], nr=sizes[1], kc=sizes[2], mc=sizes[3], nc=sizes[4])

@@ -9,7 +9,9 @@ _name_counts = {}
 
 
 def _auto_name(cls_name):
-    base = re.sub(r"(?<!^)(?=[A-Z])", "_", cls_name).lower()
+    # Keras' to_snake_case: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d
+    base = re.sub("(.)([A-Z][a-z0-9]+)", r"\1_\2", cls_name)
+    base = re.sub("([a-z])([A-Z])", r"\1_\2", base).lower()
     n = _name_counts.get(base, 0)
     _name_counts[base] = n + 1
     return base if n == 0 else f"{base}_{n}"

@@ -1,0 +1,688 @@
+# cython: language_level=3
+"""2-D convolution kernels, NHWC activations and Keras (kh, kw, Cin, Cout) kernels.
+
+Design
+------
+With channels last, a convolution is an implicit GEMM: row m = (n, oh, ow) of the im2col matrix
+``col`` (M x K, M = N*OH*OW, K = kh*kw*Cin) holds the input patch under output pixel m, laid out
+(i, j, c) exactly like the first three axes of the kernel, so the kernel reshaped (K, Cout) is the
+GEMM's B matrix as-is and ``y (M x Cout) = col @ W + bias`` (bias and ReLU in the GEMM epilogue).
+A patch row i is ``kw*Cin`` contiguous input values, so im2col is a few memcpy per row.
+
+Every product goes through the project GEMM (``gemm.pxd``).  Two schedules, picked by the op:
+
+* blocks (``shared=False``): rows [0, M) are cut into ``nthreads`` contiguous blocks, one per
+  prange iteration; each block walks its rows in tiles of ``tile_rows``: im2col the tile into its
+  own panel, then a single-threaded GEMM.  Panels stay in L2 and the team is entered once.
+* shared (``shared=True``): the rows are walked in chunks of ``tile_rows``; each chunk is
+  im2col'ed by the whole team, then one GEMM runs with all the threads.  For small M (batch 1,
+  late layers) where per-thread tiles would be too thin for the GEMM.
+
+``lower=False`` skips im2col: for a 1x1 kernel with stride 1 the input viewed (M, Cin) is col.
+
+Backward input: ``dcol = dY @ W^T`` (the GEMM's transposed-B mode on the kernel as-is), then
+col2im.
+col2im is a gather by input row: input row (n, ih) adds the dcol entries of the output rows whose
+windows cover it, so rows can be processed in parallel without races.  In the blocks schedule the
+blocks are whole images.
+
+Backward weight: ``dW = col^T @ dY`` summed over rows.  In the blocks schedule block b accumulates
+its rows into its own partial sum (block 0 directly into dW) and the partials are then added in
+the order b = 1, 2, ... - a partition fixed by ``nthreads`` alone, so results are bitwise
+reproducible for a given thread count.  The bias gradient (column sums of dY) follows the same
+partition.
+
+Direct kernels, for small K (the first layer: K = 9), where the GEMM's inner dimension is too
+short to pay for im2col and packing.  Forward: a register tile of 4 output pixels x 2 vectors of
+output channels accumulates bias + sum_k x * W[k] straight from x and a zero-padded copy of the
+kernel, ReLU applied before the store.  Backward weight: a register tile of 4 kernel rows x 2
+vectors of output channels accumulates patch^T dY over the pixels of a block, the patch values
+read from x through per-k offsets (gathered with bounds checks only at the padded border); the
+per-block partials are reduced in the fixed order as above.
+
+All functions trust their arguments: ``fastnet.ops.conv`` validated them.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+
+from fastnet._kernels.gemm cimport gemm, ACT_NONE, ACT_RELU
+
+# The inner loops that must run at full vector width live in C: the build uses no -m flags (it
+# runs on any x86-64), so each of these is compiled for AVX-512, AVX2+FMA and baseline and the
+# loader picks one per CPU (GCC target_clones, an ifunc).  Vectors are GCC vector types of 64
+# bytes: one zmm, two ymm or four xmm.
+cdef extern from *:
+    r"""
+    #include <stddef.h>
+    #include <stdint.h>
+    #include <string.h>
+    /* FASTNET_CFLAGS=-DFN_NO_TARGET_CLONES builds the baseline code only (to test it). */
+    #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) \
+        && defined(__linux__) && !defined(FN_NO_TARGET_CLONES)
+    #  define FN_CLONES \
+           __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+    #else
+    #  define FN_CLONES
+    #endif
+    #pragma GCC diagnostic ignored "-Wpsabi"
+
+    typedef struct {
+        ptrdiff_t n, h, w, cin;      /* input */
+        ptrdiff_t oh, ow, cout;      /* output */
+        ptrdiff_t kh, kw, sh, sw;    /* kernel size and strides */
+        ptrdiff_t pt, pl;            /* padding before (top, left) */
+    } fn_conv_geom;
+
+    /* Rows of the small-K weight-gradient accumulator: K rounded up to a tile height of 3 when
+     * that pads less than 4 would (K = 9: 9 rows, not 12), else 4. */
+    static inline ptrdiff_t fn_conv_wgrad_rows(ptrdiff_t K)
+    {
+        const ptrdiff_t by3 = (K + 2) / 3 * 3, by4 = (K + 3) / 4 * 4;
+        return by3 < by4 ? by3 : by4;
+    }
+
+    #define FN_LD(V, p) ({ V v_; memcpy(&v_, (p), sizeof v_); v_; })
+    #define FN_ST(p, v) do { __typeof__(v) v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
+
+    #define FN_CONV_DEFINE(T, IT, S)                                                               \
+    typedef T fn_conv_v##S __attribute__((vector_size(64)));                                    \
+    typedef IT fn_conv_m##S __attribute__((vector_size(64)));                                   \
+                                                                                                 \
+    /* dst[0:n] += src[0:n] */                                                                   \
+    FN_CLONES static void fn_conv_add_##S(T *restrict dst, const T *restrict src, ptrdiff_t n)  \
+    {                                                                                            \
+        for (ptrdiff_t i = 0; i < n; ++i) dst[i] += src[i];                                      \
+    }                                                                                            \
+                                                                                                 \
+    /* out[0:cols] += a[0:rows, 0:cols].sum(axis=0), rows in order */                            \
+    FN_CLONES static void fn_conv_colsum_##S(const T *restrict a, ptrdiff_t rows, ptrdiff_t cols, \
+                                             T *restrict out)                                    \
+    {                                                                                            \
+        for (ptrdiff_t i = 0; i < rows; ++i)                                                     \
+            for (ptrdiff_t j = 0; j < cols; ++j) out[j] += a[i * cols + j];                      \
+    }                                                                                            \
+                                                                                                 \
+    /* y[0:nc] = act(a, b): the two accumulator vectors of one pixel, relu branch-free. */     \
+    static inline __attribute__((always_inline)) void                                          \
+    fn_conv_put_##S(T *restrict y, ptrdiff_t nc, fn_conv_v##S a, fn_conv_v##S b, int relu)      \
+    {                                                                                            \
+        typedef fn_conv_v##S V;                                                                  \
+        typedef fn_conv_m##S M;                                                                  \
+        enum { VL = 64 / sizeof(T) };                                                            \
+        if (relu) {                                                                              \
+            const V zero = {0};                                                                  \
+            a = (V)((M)a & (a > zero)); b = (V)((M)b & (b > zero));                              \
+        }                                                                                        \
+        if (nc == 2 * VL) {                                                                      \
+            FN_ST(y, a); FN_ST(y + VL, b);                                                       \
+        } else {                                                                                 \
+            T t[2 * VL];                                                                         \
+            FN_ST(t, a); FN_ST(t + VL, b);                                                       \
+            memcpy(y, t, (size_t)nc * sizeof(T));                                                \
+        }                                                                                        \
+    }                                                                                            \
+                                                                                                 \
+    /* Direct convolution of output row r = (n, oh).  wp is (1 + K) x cp: row 0 the bias (or 0), \
+     * row 1 + k the kernel row k = (i, j, c), zero-padded to cp (a multiple of 2 vectors).      \
+     * Register tile: 4 pixels x 2 vectors of output channels; for kernel row i, the (j, c)      \
+     * pairs are contiguous both in x and in wp, so the inner loop is one flat run. */           \
+    FN_CLONES static void fn_conv_direct_row_##S(const T *restrict x, const T *restrict wp,      \
+                                                 T *restrict y, const fn_conv_geom *g,           \
+                                                 ptrdiff_t r, ptrdiff_t cp, int relu)            \
+    {                                                                                            \
+        typedef fn_conv_v##S V;                                                                  \
+        enum { VL = 64 / sizeof(T) };                                                            \
+        const ptrdiff_t n = r / g->oh, oh = r - n * g->oh, cin = g->cin, cout = g->cout;         \
+        const ptrdiff_t ih0 = oh * g->sh - g->pt, rowlen = g->kw * cin, xs = g->sw * cin;       \
+        const ptrdiff_t ilo = ih0 < 0 ? -ih0 : 0;                                                \
+        const ptrdiff_t ihi = g->kh < g->h - ih0 ? g->kh : g->h - ih0;                           \
+        for (ptrdiff_t co0 = 0; co0 < cout; co0 += 2 * VL) {                                     \
+            const ptrdiff_t nc = cout - co0 < 2 * VL ? cout - co0 : 2 * VL;                      \
+            const T *wc = wp + co0;                                                              \
+            ptrdiff_t ow = 0;                                                                    \
+            while (ow < g->ow) {                                                                 \
+                const ptrdiff_t iw0 = ow * g->sw - g->pl;                                        \
+                T *yp = y + (r * g->ow + ow) * cout + co0;                                       \
+                if (ow + 4 <= g->ow && iw0 >= 0 && iw0 + 3 * g->sw + g->kw <= g->w) {           \
+                    V a0 = FN_LD(V, wc), b0 = FN_LD(V, wc + VL);                                 \
+                    V a1 = a0, b1 = b0, a2 = a0, b2 = b0, a3 = a0, b3 = b0;                      \
+                    for (ptrdiff_t i = ilo; i < ihi; ++i) {                                      \
+                        const T *xr = x + ((n * g->h + ih0 + i) * g->w + iw0) * cin;             \
+                        const T *wr = wc + (1 + i * rowlen) * cp;                                \
+                        for (ptrdiff_t q = 0; q < rowlen; ++q) {                                 \
+                            const V w0 = FN_LD(V, wr + q * cp), w1 = FN_LD(V, wr + q * cp + VL); \
+                            const T x0 = xr[q], x1 = xr[q + xs];                                 \
+                            const T x2 = xr[q + 2 * xs], x3 = xr[q + 3 * xs];                    \
+                            a0 += x0 * w0; b0 += x0 * w1; a1 += x1 * w0; b1 += x1 * w1;         \
+                            a2 += x2 * w0; b2 += x2 * w1; a3 += x3 * w0; b3 += x3 * w1;         \
+                        }                                                                        \
+                    }                                                                            \
+                    fn_conv_put_##S(yp, nc, a0, b0, relu);                                       \
+                    fn_conv_put_##S(yp + cout, nc, a1, b1, relu);                                \
+                    fn_conv_put_##S(yp + 2 * cout, nc, a2, b2, relu);                            \
+                    fn_conv_put_##S(yp + 3 * cout, nc, a3, b3, relu);                            \
+                    ow += 4;                                                                     \
+                    continue;                                                                    \
+                }                                                                                \
+                /* one pixel, window clipped to the input row */                                 \
+                const ptrdiff_t jlo = iw0 < 0 ? -iw0 : 0;                                        \
+                const ptrdiff_t jhi = g->kw < g->w - iw0 ? g->kw : g->w - iw0;                   \
+                V a0 = FN_LD(V, wc), b0 = FN_LD(V, wc + VL);                                     \
+                for (ptrdiff_t i = ilo; i < ihi; ++i) {                                          \
+                    const T *xr = x + ((n * g->h + ih0 + i) * g->w + iw0) * cin;                 \
+                    const T *wr = wc + (1 + i * rowlen) * cp;                                    \
+                    for (ptrdiff_t q = jlo * cin; q < jhi * cin; ++q) {                          \
+                        const T x0 = xr[q];                                                      \
+                        a0 += x0 * FN_LD(V, wr + q * cp); b0 += x0 * FN_LD(V, wr + q * cp + VL); \
+                    }                                                                            \
+                }                                                                                \
+                fn_conv_put_##S(yp, nc, a0, b0, relu);                                           \
+                ow += 1;                                                                         \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+                                                                                                 \
+    /* One register tile of the small-K weight gradient: acc rows [k0, k0 + G) x columns      \
+     * [co0, co0 + 2 vectors) += patch^T @ dy over the pixels ow0..ow1 of output row r; G is a   \
+     * literal 3 or 4 (the function is always inlined, so the arrays live in registers). */     \
+    static inline __attribute__((always_inline)) void                                          \
+    fn_conv_wgrad_tile_##S(const T *restrict xn, const T *restrict dyr, T *restrict a,           \
+                           T *restrict bacc, const fn_conv_geom *g, ptrdiff_t ih0,               \
+                           int rows_inside, ptrdiff_t ow0, ptrdiff_t ow1, ptrdiff_t k0,          \
+                           ptrdiff_t co0, ptrdiff_t cp, const int G)                             \
+    {                                                                                            \
+        typedef fn_conv_v##S V;                                                                  \
+        enum { VL = 64 / sizeof(T) };                                                            \
+        const ptrdiff_t cin = g->cin, cout = g->cout, K = g->kh * g->kw * cin;                   \
+        const ptrdiff_t rowlen = g->kw * cin;                                                    \
+        const ptrdiff_t nc = cout - co0 < 2 * VL ? cout - co0 : 2 * VL;                          \
+        ptrdiff_t ki[4], kj[4], kc[4], off[4];                                                   \
+        for (int t = 0; t < G; ++t) {     /* k -> (i, j, c); rows past K read x[0], unused */   \
+            const ptrdiff_t k = k0 + t < K ? k0 + t : 0;                                         \
+            ki[t] = k / rowlen; kj[t] = (k - ki[t] * rowlen) / cin;                              \
+            kc[t] = k - ki[t] * rowlen - kj[t] * cin;                                            \
+            off[t] = (ki[t] * g->w + kj[t]) * cin + kc[t];                                       \
+        }                                                                                        \
+        V acc0[4], acc1[4], s0 = {0}, s1 = {0};                                                  \
+        for (int t = 0; t < G; ++t) {                                                            \
+            acc0[t] = FN_LD(V, a + t * cp); acc1[t] = FN_LD(V, a + t * cp + VL);                 \
+        }                                                                                        \
+        const int with_bias = bacc != NULL && k0 == 0;                                           \
+        for (ptrdiff_t ow = ow0; ow < ow1; ++ow) {                                               \
+            const ptrdiff_t iw0 = ow * g->sw - g->pl;                                            \
+            const T *d = dyr + ow * cout + co0;                                                  \
+            V d0, d1;                                                                            \
+            if (nc == 2 * VL) {                                                                  \
+                d0 = FN_LD(V, d); d1 = FN_LD(V, d + VL);                                         \
+            } else {                                                                             \
+                T t[2 * VL] = {0};                                                               \
+                memcpy(t, d, (size_t)nc * sizeof(T));                                            \
+                d0 = FN_LD(V, t); d1 = FN_LD(V, t + VL);                                         \
+            }                                                                                    \
+            T c[4];                                                                              \
+            if (rows_inside && iw0 >= 0 && iw0 + g->kw <= g->w) {                                \
+                const T *base = xn + (ih0 * g->w + iw0) * cin;                                   \
+                for (int t = 0; t < G; ++t) c[t] = base[off[t]];                                 \
+            } else {                                                                             \
+                for (int t = 0; t < G; ++t) {                                                    \
+                    const ptrdiff_t ih = ih0 + ki[t], iw = iw0 + kj[t];                          \
+                    c[t] = ih >= 0 && ih < g->h && iw >= 0 && iw < g->w                          \
+                           ? xn[(ih * g->w + iw) * cin + kc[t]] : (T)0;                          \
+                }                                                                                \
+            }                                                                                    \
+            for (int t = 0; t < G; ++t) { acc0[t] += c[t] * d0; acc1[t] += c[t] * d1; }          \
+            if (with_bias) { s0 += d0; s1 += d1; }                                               \
+        }                                                                                        \
+        for (int t = 0; t < G; ++t) {                                                            \
+            FN_ST(a + t * cp, acc0[t]); FN_ST(a + t * cp + VL, acc1[t]);                         \
+        }                                                                                        \
+        if (with_bias) {                                                                         \
+            T t[2 * VL];                                                                         \
+            FN_ST(t, s0); FN_ST(t + VL, s1);                                                     \
+            for (ptrdiff_t j = 0; j < nc; ++j) bacc[co0 + j] += t[j];                            \
+        }                                                                                        \
+    }                                                                                            \
+                                                                                                 \
+    /* Weight gradient of output pixels [lo, hi) for small K, no im2col: acc (kp x cp) +=       \
+     * patch^T @ dy, patch values read straight from x through per-k offsets (interior pixels)   \
+     * or gathered with bounds checks (padding).  kp = K rounded up to the tile height (3 when   \
+     * that pads less, else 4: see fn_conv_wgrad_rows), cp = Cout rounded up to 2 vectors; acc   \
+     * rows >= K hold garbage, its columns >= Cout stay zero.  Tiles run over one output row's   \
+     * pixels at a time (dy stays in L1).  bacc (Cout, may be NULL) += dy summed over the        \
+     * pixels: per output row in registers, then added. */                                      \
+    FN_CLONES static void fn_conv_wgrad_direct_##S(const T *restrict x, const T *restrict dy,    \
+                                                   T *restrict acc, T *restrict bacc,            \
+                                                   const fn_conv_geom *g, ptrdiff_t lo,          \
+                                                   ptrdiff_t hi, ptrdiff_t kp, ptrdiff_t cp)     \
+    {                                                                                            \
+        enum { VL = 64 / sizeof(T) };                                                            \
+        const ptrdiff_t K = g->kh * g->kw * g->cin, G = fn_conv_wgrad_rows(K) % 3 ? 4 : 3;      \
+        ptrdiff_t m = lo;                                                                        \
+        while (m < hi) {                                                                         \
+            const ptrdiff_t r = m / g->ow, ow0 = m - r * g->ow;                                  \
+            const ptrdiff_t ow1 = g->ow < ow0 + (hi - m) ? g->ow : ow0 + (hi - m);               \
+            const ptrdiff_t n = r / g->oh, oh = r - n * g->oh, ih0 = oh * g->sh - g->pt;         \
+            const int rows_inside = ih0 >= 0 && ih0 + g->kh <= g->h;                             \
+            const T *xn = x + n * g->h * g->w * g->cin;                                          \
+            const T *dyr = dy + r * g->ow * g->cout;                                             \
+            for (ptrdiff_t k0 = 0; k0 < kp; k0 += G)                                             \
+                for (ptrdiff_t co0 = 0; co0 < g->cout; co0 += 2 * VL) {                          \
+                    T *a = acc + k0 * cp + co0;                                                  \
+                    if (G == 3)                                                                  \
+                        fn_conv_wgrad_tile_##S(xn, dyr, a, bacc, g, ih0, rows_inside, ow0, ow1, \
+                                               k0, co0, cp, 3);                                  \
+                    else                                                                         \
+                        fn_conv_wgrad_tile_##S(xn, dyr, a, bacc, g, ih0, rows_inside, ow0, ow1, \
+                                               k0, co0, cp, 4);                                  \
+                }                                                                                \
+            m += ow1 - ow0;                                                                      \
+        }                                                                                        \
+    }
+
+    FN_CONV_DEFINE(float, int32_t, s)
+    FN_CONV_DEFINE(double, int64_t, d)
+    """
+    Py_ssize_t fn_conv_wgrad_rows(Py_ssize_t K)
+    ctypedef struct fn_conv_geom:
+        Py_ssize_t n, h, w, cin, oh, ow, cout, kh, kw, sh, sw, pt, pl
+    void fn_conv_add_s(float *dst, const float *src, Py_ssize_t n) nogil
+    void fn_conv_add_d(double *dst, const double *src, Py_ssize_t n) nogil
+    void fn_conv_colsum_s(const float *a, Py_ssize_t rows, Py_ssize_t cols, float *out) nogil
+    void fn_conv_colsum_d(const double *a, Py_ssize_t rows, Py_ssize_t cols, double *out) nogil
+    void fn_conv_direct_row_s(const float *x, const float *wp, float *y, const fn_conv_geom *g,
+                              Py_ssize_t r, Py_ssize_t cp, int relu) nogil
+    void fn_conv_direct_row_d(const double *x, const double *wp, double *y,
+                              const fn_conv_geom *g, Py_ssize_t r, Py_ssize_t cp, int relu) nogil
+    void fn_conv_wgrad_direct_s(const float *x, const float *dy, float *acc, float *bacc,
+                                const fn_conv_geom *g, Py_ssize_t lo, Py_ssize_t hi,
+                                Py_ssize_t kp, Py_ssize_t cp) nogil
+    void fn_conv_wgrad_direct_d(const double *x, const double *dy, double *acc, double *bacc,
+                                const fn_conv_geom *g, Py_ssize_t lo, Py_ssize_t hi,
+                                Py_ssize_t kp, Py_ssize_t cp) nogil
+
+ctypedef fn_conv_geom Geometry
+
+
+def direct_weight_rows(Py_ssize_t k):
+    """Rows of the direct weight-gradient partial sums for K = k (k rounded up to 3 or 4)."""
+    return fn_conv_wgrad_rows(k)
+
+
+cdef inline void add(floating *dst, const floating *src, Py_ssize_t n) noexcept nogil:
+    """dst[0:n] += src[0:n]"""
+    if floating is float:
+        fn_conv_add_s(dst, src, n)
+    else:
+        fn_conv_add_d(dst, src, n)
+
+
+cdef inline void column_sums(const floating *a, Py_ssize_t rows, Py_ssize_t cols,
+                             floating *out) noexcept nogil:
+    """out[0:cols] += a[0:rows, 0:cols].sum(axis=0), rows in order."""
+    if floating is float:
+        fn_conv_colsum_s(a, rows, cols, out)
+    else:
+        fn_conv_colsum_d(a, rows, cols, out)
+
+
+cdef inline Py_ssize_t imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline Py_ssize_t imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef Geometry _geometry(const Py_ssize_t *xshape, const Py_ssize_t *yshape, Py_ssize_t kh,
+                        Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl):
+    cdef Geometry g
+    g.n, g.h, g.w, g.cin = xshape[0], xshape[1], xshape[2], xshape[3]
+    g.oh, g.ow, g.cout = yshape[1], yshape[2], yshape[3]
+    g.kh, g.kw, g.sh, g.sw, g.pt, g.pl = kh, kw, sh, sw, pt, pl
+    return g
+
+
+# ---------------------------------------------------------------------------------- im2col
+cdef void im2col(const floating *x, floating *col, Py_ssize_t ld, Py_ssize_t m0, Py_ssize_t m1,
+                 const Geometry *g) noexcept nogil:
+    """col[m - m0, :K] = patch under output pixel m, for m in [m0, m1); zeros in the padding and
+    in the columns [K, ld) (row stride ld >= K)."""
+    cdef Py_ssize_t K = g.kh * g.kw * g.cin, rowlen = g.kw * g.cin
+    cdef Py_ssize_t m, n, r, oh, ow, ih, iw0, i, jlo, jhi
+    cdef floating *d
+    for m in range(m0, m1):
+        n = m // (g.oh * g.ow)
+        r = m - n * g.oh * g.ow
+        oh = r // g.ow
+        ow = r - oh * g.ow
+        iw0 = ow * g.sw - g.pl
+        jlo = imax(0, -iw0)
+        jhi = imin(g.kw, g.w - iw0)
+        for i in range(g.kh):
+            d = col + (m - m0) * ld + i * rowlen
+            ih = oh * g.sh - g.pt + i
+            if ih < 0 or ih >= g.h or jlo >= jhi:
+                memset(d, 0, rowlen * sizeof(floating))
+                continue
+            if jlo > 0:
+                memset(d, 0, jlo * g.cin * sizeof(floating))
+            memcpy(d + jlo * g.cin, x + ((n * g.h + ih) * g.w + iw0 + jlo) * g.cin,
+                   (jhi - jlo) * g.cin * sizeof(floating))
+            if jhi < g.kw:
+                memset(d + jhi * g.cin, 0, (g.kw - jhi) * g.cin * sizeof(floating))
+        if ld > K:
+            memset(col + (m - m0) * ld + K, 0, (ld - K) * sizeof(floating))
+
+
+cdef void im2col_parallel(const floating *x, floating *col, Py_ssize_t m0, Py_ssize_t m1,
+                          const Geometry *g, int nthreads) noexcept nogil:
+    cdef Py_ssize_t K = g.kh * g.kw * g.cin, m
+    for m in prange(m0, m1, num_threads=nthreads, schedule='static'):
+        im2col(x, col + (m - m0) * K, K, m, m + 1, g)
+
+
+# ---------------------------------------------------------------------------------- col2im
+cdef void col2im_row(const floating *dcol, Py_ssize_t m0, Py_ssize_t m1, floating *dx,
+                     Py_ssize_t r, const Geometry *g) noexcept nogil:
+    """dx row r = (n, ih) += the entries of dcol rows [m0, m1) (output pixels) that cover it."""
+    cdef Py_ssize_t K = g.kh * g.kw * g.cin
+    cdef Py_ssize_t n = r // g.h, ih = r - n * g.h
+    cdef Py_ssize_t i, t, oh, p0, ow, owlo, owhi, iw0, jlo, jhi
+    for i in range(g.kh):
+        t = ih + g.pt - i
+        if t < 0 or t % g.sh != 0:
+            continue
+        oh = t // g.sh
+        if oh >= g.oh:
+            continue
+        p0 = (n * g.oh + oh) * g.ow
+        owlo = imax(m0 - p0, 0)
+        owhi = imin(m1 - p0, g.ow)
+        for ow in range(owlo, owhi):
+            iw0 = ow * g.sw - g.pl
+            jlo = imax(0, -iw0)
+            jhi = imin(g.kw, g.w - iw0)
+            if jlo < jhi:
+                add(dx + (r * g.w + iw0 + jlo) * g.cin,
+                    dcol + (p0 + ow - m0) * K + (i * g.kw + jlo) * g.cin, (jhi - jlo) * g.cin)
+
+
+cdef inline void affected_rows(Py_ssize_t m0, Py_ssize_t m1, const Geometry *g,
+                               Py_ssize_t *r_lo, Py_ssize_t *r_hi) noexcept nogil:
+    """The input rows (global n*H + ih) that output pixels [m0, m1) touch, as a range."""
+    cdef Py_ssize_t g0 = m0 // g.ow, g1 = (m1 - 1) // g.ow
+    cdef Py_ssize_t n0 = g0 // g.oh, n1 = g1 // g.oh
+    cdef Py_ssize_t oh0 = g0 - n0 * g.oh, oh1 = g1 - n1 * g.oh
+    r_lo[0] = n0 * g.h + imax(0, oh0 * g.sh - g.pt)
+    r_hi[0] = n1 * g.h + imin(g.h, oh1 * g.sh - g.pt + g.kh)
+
+
+# ---------------------------------------------------------------------------------- forward
+cdef void forward_block(const floating *x, const floating *w, const floating *bias, floating *y,
+                        const Geometry *g, bint lower, int act, floating *panel,
+                        Py_ssize_t tile_rows, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t K = g.kh * g.kw * g.cin, m0 = lo, m1
+    cdef const floating *a
+    while m0 < hi:
+        m1 = imin(m0 + tile_rows, hi)
+        if lower:
+            im2col(x, panel, K, m0, m1, g)
+            a = panel
+        else:
+            a = x + m0 * K
+        gemm(False, False, m1 - m0, g.cout, K, <floating>1, a, K, w, g.cout, <floating>0,
+             y + m0 * g.cout, g.cout, bias, act, 1)
+        m0 = m1
+
+
+cdef void forward_gemm(const floating *x, const floating *w, const floating *bias, floating *y,
+                       const Geometry *g, bint lower, bint shared, int act, floating *panel,
+                       Py_ssize_t tile_rows, int nthreads) noexcept nogil:
+    cdef Py_ssize_t M = g.n * g.oh * g.ow, K = g.kh * g.kw * g.cin, b, m0, m1
+    cdef const floating *a
+    if not shared:
+        for b in prange(nthreads, num_threads=nthreads, schedule='static'):
+            forward_block(x, w, bias, y, g, lower, act, panel + b * tile_rows * K, tile_rows,
+                          M * b // nthreads, M * (b + 1) // nthreads)
+        return
+    m0 = 0
+    while m0 < M:
+        m1 = imin(m0 + tile_rows, M)
+        if lower:
+            im2col_parallel(x, panel, m0, m1, g, nthreads)
+            a = panel
+        else:
+            a = x + m0 * K
+        gemm(False, False, m1 - m0, g.cout, K, <floating>1, a, K, w, g.cout, <floating>0,
+             y + m0 * g.cout, g.cout, bias, act, nthreads)
+        m0 = m1
+
+
+cdef inline void direct_row(const floating *x, const floating *wp, floating *y,
+                            const Geometry *g, Py_ssize_t r, Py_ssize_t cp,
+                            int relu) noexcept nogil:
+    if floating is float:
+        fn_conv_direct_row_s(x, wp, y, g, r, cp, relu)
+    else:
+        fn_conv_direct_row_d(x, wp, y, g, r, cp, relu)
+
+
+def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] kernel,
+                   const floating[::1] bias, floating[:, :, :, ::1] y,
+                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, int act,
+                   str algorithm, floating[::1] panel, Py_ssize_t tile_rows, int nthreads):
+    """y = act(conv(x, kernel) + bias).
+
+    algorithm 'gemm' / 'shared': im2col in the blocks / shared schedule, ``panel`` holds
+    nthreads*tile_rows*K / tile_rows*K elements; '1x1' / '1x1_shared': no im2col, no panel;
+    'direct': ``panel`` holds the packed weights (1 + K, cp) - bias row then the kernel, columns
+    zero-padded to cp, a multiple of 128 bytes - and tile_rows is cp.
+    """
+    cdef Geometry g = _geometry(x.shape, y.shape, kernel.shape[0], kernel.shape[1], sh, sw, pt,
+                                pl)
+    cdef const floating *pbias = &bias[0] if bias is not None else NULL
+    cdef floating *ppanel = &panel[0] if panel is not None else NULL
+    cdef bint lower = not algorithm.startswith("1x1")
+    cdef bint shared = algorithm.endswith("shared")
+    cdef bint direct = algorithm == "direct"
+    cdef const floating *px = &x[0, 0, 0, 0]
+    cdef floating *py = &y[0, 0, 0, 0]
+    cdef Py_ssize_t r
+    with nogil:
+        if direct:
+            for r in prange(g.n * g.oh, num_threads=nthreads, schedule='static'):
+                direct_row(px, ppanel, py, &g, r, tile_rows, act == ACT_RELU)
+        else:
+            forward_gemm(px, &kernel[0, 0, 0, 0], pbias, py, &g, lower, shared, act, ppanel,
+                         tile_rows, nthreads)
+
+
+# ---------------------------------------------------------------------------- backward input
+cdef void backward_input_images(const floating *dy, const floating *w, floating *dx,
+                                const Geometry *g, bint lower, floating *panel,
+                                Py_ssize_t tile_rows, Py_ssize_t n_lo,
+                                Py_ssize_t n_hi) noexcept nogil:
+    """Images [n_lo, n_hi) on the calling thread: dcol tiles (which may span images) by a
+    1-thread GEMM, each scattered by col2im into these images only."""
+    cdef Py_ssize_t K = g.kh * g.kw * g.cin, P = g.oh * g.ow, m0 = n_lo * P, m1, r, r_lo, r_hi
+    if n_lo >= n_hi:
+        return
+    if not lower:
+        gemm(False, True, (n_hi - n_lo) * P, g.cin, g.cout, <floating>1, dy + m0 * g.cout,
+             g.cout, w, g.cout, <floating>0, dx + m0 * g.cin, g.cin, <const floating *>NULL,
+             ACT_NONE, 1)
+        return
+    memset(dx + n_lo * g.h * g.w * g.cin, 0, (n_hi - n_lo) * g.h * g.w * g.cin * sizeof(floating))
+    while m0 < n_hi * P:
+        m1 = imin(m0 + tile_rows, n_hi * P)
+        gemm(False, True, m1 - m0, K, g.cout, <floating>1, dy + m0 * g.cout, g.cout, w, g.cout,
+             <floating>0, panel, K, <const floating *>NULL, ACT_NONE, 1)
+        affected_rows(m0, m1, g, &r_lo, &r_hi)
+        for r in range(r_lo, r_hi):
+            col2im_row(panel, m0, m1, dx, r, g)
+        m0 = m1
+
+
+def conv2d_backward_input(const floating[:, :, :, ::1] dy, const floating[:, ::1] w,
+                          floating[:, :, :, ::1] dx, Py_ssize_t kh, Py_ssize_t kw,
+                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                          str algorithm, floating[::1] panel, Py_ssize_t tile_rows, int nthreads):
+    """dx = col2im(dy @ w^T), w = the kernel reshaped (K, Cout) (the GEMM's transposed B).
+    algorithm: 'gemm' (whole images per thread; ``panel`` nthreads*tile_rows*K), 'shared'
+    (``panel`` tile_rows*K), '1x1' / '1x1_shared' (dy @ w^T straight into dx)."""
+    cdef Geometry g = _geometry(dx.shape, dy.shape, kh, kw, sh, sw, pt, pl)
+    cdef Py_ssize_t K = kh * kw * g.cin, M = g.n * g.oh * g.ow, b, n, m0, m1, r, r_lo, r_hi
+    cdef floating *ppanel = &panel[0] if panel is not None else NULL
+    cdef bint lower = not algorithm.startswith("1x1")
+    cdef bint shared = algorithm.endswith("shared")
+    cdef const floating *pdy = &dy[0, 0, 0, 0]
+    cdef const floating *pw = &w[0, 0]
+    cdef floating *pdx = &dx[0, 0, 0, 0]
+    with nogil:
+        if not shared:
+            for b in prange(nthreads, num_threads=nthreads, schedule='static'):
+                backward_input_images(pdy, pw, pdx, &g, lower,
+                                      ppanel + b * tile_rows * K if lower else ppanel, tile_rows,
+                                      g.n * b // nthreads, g.n * (b + 1) // nthreads)
+        elif not lower:
+            gemm(False, True, M, g.cin, g.cout, <floating>1, pdy, g.cout, pw, g.cout,
+                 <floating>0, pdx, g.cin, <const floating *>NULL, ACT_NONE, nthreads)
+        else:
+            for n in prange(g.n, num_threads=nthreads, schedule='static'):
+                memset(pdx + n * g.h * g.w * g.cin, 0, g.h * g.w * g.cin * sizeof(floating))
+            m0 = 0
+            while m0 < M:
+                m1 = imin(m0 + tile_rows, M)
+                gemm(False, True, m1 - m0, K, g.cout, <floating>1, pdy + m0 * g.cout, g.cout,
+                     pw, g.cout, <floating>0, ppanel, K, <const floating *>NULL, ACT_NONE,
+                     nthreads)
+                affected_rows(m0, m1, &g, &r_lo, &r_hi)
+                for r in prange(r_lo, r_hi, num_threads=nthreads, schedule='static'):
+                    col2im_row(ppanel, m0, m1, pdx, r, &g)
+                m0 = m1
+
+
+# --------------------------------------------------------------------------- backward weight
+cdef void backward_weight_block(const floating *x, const floating *dy, floating *acc,
+                                floating *bacc, const Geometry *g, int mode, floating *panel,
+                                Py_ssize_t tile_rows, Py_ssize_t kp, Py_ssize_t cp,
+                                Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Pixels [lo, hi) on the calling thread: acc = col^T @ dy, bacc = column sums of dy.
+    mode 0: im2col + GEMM, acc (K, Cout); mode 1: no im2col (1x1) + GEMM; mode 2: the
+    register-tiled small-K kernel reading x directly, acc (kp, cp) padded."""
+    cdef Py_ssize_t K = g.kh * g.kw * g.cin, m0 = lo, m1
+    cdef const floating *a
+    cdef floating beta = 0
+    if mode == 2:
+        memset(acc, 0, kp * cp * sizeof(floating))
+        if bacc != NULL:
+            memset(bacc, 0, g.cout * sizeof(floating))
+        if floating is float:
+            fn_conv_wgrad_direct_s(x, dy, acc, bacc, g, lo, hi, kp, cp)
+        else:
+            fn_conv_wgrad_direct_d(x, dy, acc, bacc, g, lo, hi, kp, cp)
+        return
+    if lo >= hi:
+        memset(acc, 0, K * g.cout * sizeof(floating))
+    if bacc != NULL:
+        memset(bacc, 0, g.cout * sizeof(floating))
+    while m0 < hi:
+        m1 = imin(m0 + tile_rows, hi)
+        if mode == 0:
+            im2col(x, panel, K, m0, m1, g)
+            a = panel
+        else:
+            a = x + m0 * K
+        gemm(True, False, K, g.cout, m1 - m0, <floating>1, a, K, dy + m0 * g.cout, g.cout,
+             beta, acc, g.cout, <const floating *>NULL, ACT_NONE, 1)
+        if bacc != NULL:
+            column_sums(dy + m0 * g.cout, m1 - m0, g.cout, bacc)
+        beta = 1
+        m0 = m1
+
+
+def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
+                           floating[:, ::1] dw, floating[::1] dbias, Py_ssize_t kh, Py_ssize_t kw,
+                           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                           str algorithm, floating[::1] panel, Py_ssize_t tile_rows,
+                           floating[::1] partials, floating[::1] bias_partials, int nthreads):
+    """dw (K, Cout) = col^T @ dy summed over all rows; dbias (Cout,) = dy summed (if not None).
+
+    'gemm' / '1x1' (blocks schedule): ``partials`` holds (nthreads-1)*K*Cout elements (block 0
+    accumulates straight into dw), ``panel`` nthreads*tile_rows*K.  'direct' (blocks, small K,
+    no im2col, ``panel`` None): ``partials`` nthreads*kp*cp with kp = direct_weight_rows(K)
+    and cp = Cout rounded up to 128 bytes.  'shared' / '1x1_shared': chunks with all threads in
+    the GEMM, ``panel`` tile_rows*K.  ``bias_partials`` holds (nthreads-1)*Cout elements.
+    """
+    cdef Geometry g = _geometry(x.shape, dy.shape, kh, kw, sh, sw, pt, pl)
+    cdef Py_ssize_t K = kh * kw * g.cin, M = g.n * g.oh * g.ow, KC = K * g.cout
+    cdef Py_ssize_t b, q, m0, m1, r
+    cdef Py_ssize_t kp = fn_conv_wgrad_rows(K), cp = 0, KP
+    cdef floating *ppanel = &panel[0] if panel is not None else NULL
+    cdef floating *ppart = &partials[0] if partials is not None else NULL
+    cdef floating *pbpart = &bias_partials[0] if bias_partials is not None else NULL
+    cdef floating *pdb = &dbias[0] if dbias is not None else NULL
+    cdef int mode = 2 if algorithm == "direct" else (1 if algorithm.startswith("1x1") else 0)
+    cdef bint shared = algorithm.endswith("shared")
+    cdef const floating *px = &x[0, 0, 0, 0]
+    cdef const floating *pdy = &dy[0, 0, 0, 0]
+    cdef floating *pdw = &dw[0, 0]
+    cdef floating beta = 0
+    cdef Py_ssize_t ptile = tile_rows * K if mode == 0 else 0
+    if mode == 2:
+        cp = (g.cout + 128 // sizeof(floating) - 1) // (128 // sizeof(floating)) \
+            * (128 // sizeof(floating))
+    KP = kp * cp
+    with nogil:
+        if mode == 2:
+            for b in prange(nthreads, num_threads=nthreads, schedule='static'):
+                backward_weight_block(
+                    px, pdy, ppart + b * KP,
+                    NULL if pdb == NULL else (pdb if b == 0 else pbpart + (b - 1) * g.cout),
+                    &g, mode, ppanel + b * ptile, tile_rows, kp, cp,
+                    M * b // nthreads, M * (b + 1) // nthreads)
+            # dw = the padded partials' top-left (K, Cout) corners, added in the order b = 0, 1..
+            for r in prange(K, num_threads=nthreads, schedule='static'):
+                memcpy(pdw + r * g.cout, ppart + r * cp, g.cout * sizeof(floating))
+                for q in range(1, nthreads):
+                    add(pdw + r * g.cout, ppart + q * KP + r * cp, g.cout)
+        elif not shared:
+            for b in prange(nthreads, num_threads=nthreads, schedule='static'):
+                backward_weight_block(
+                    px, pdy, pdw if b == 0 else ppart + (b - 1) * KC,
+                    NULL if pdb == NULL else (pdb if b == 0 else pbpart + (b - 1) * g.cout),
+                    &g, mode, ppanel + b * ptile, tile_rows, kp, cp,
+                    M * b // nthreads, M * (b + 1) // nthreads)
+            # Fixed order b = 1, 2, ... for every element, whichever thread does the row.
+            if nthreads > 1:
+                for r in prange(K, num_threads=nthreads, schedule='static'):
+                    for q in range(1, nthreads):
+                        add(pdw + r * g.cout, ppart + (q - 1) * KC + r * g.cout, g.cout)
+        else:
+            m0 = 0
+            while m0 < M:
+                m1 = imin(m0 + tile_rows, M)
+                if mode == 0:
+                    im2col_parallel(px, ppanel, m0, m1, &g, nthreads)
+                    gemm(True, False, K, g.cout, m1 - m0, <floating>1, <const floating *>ppanel,
+                         K, pdy + m0 * g.cout, g.cout, beta, pdw, g.cout,
+                         <const floating *>NULL, ACT_NONE, nthreads)
+                else:
+                    gemm(True, False, K, g.cout, m1 - m0, <floating>1, px + m0 * K, K,
+                         pdy + m0 * g.cout, g.cout, beta, pdw, g.cout, <const floating *>NULL,
+                         ACT_NONE, nthreads)
+                beta = 1
+                m0 = m1
+            if pdb != NULL:
+                # Same fixed partition as the blocks schedule: nthreads row blocks.
+                for b in prange(nthreads, num_threads=nthreads, schedule='static'):
+                    m0 = M * b // nthreads
+                    m1 = M * (b + 1) // nthreads
+                    memset(pdb if b == 0 else pbpart + (b - 1) * g.cout, 0,
+                           g.cout * sizeof(floating))
+                    column_sums(pdy + m0 * g.cout, m1 - m0, g.cout,
+                                pdb if b == 0 else pbpart + (b - 1) * g.cout)
+        if pdb != NULL:
+            for q in range(1, nthreads):
+                add(pdb, pbpart + (q - 1) * g.cout, g.cout)

@@ -1,0 +1,294 @@
+# cython: language_level=3
+"""2-D max and average pooling kernels on NHWC tensors.
+
+Design
+------
+Channels are the contiguous axis, so every inner loop runs over C and vectorizes; a window is
+walked element by element (row-major), each step a C-long vector op.  Windows are clipped to the
+input: padded positions are never read ('same' max pooling ignores them, 'same' average pooling
+divides by the number of real elements, as TensorFlow does).
+
+Forward: prange over output rows (n, oh).
+
+Backward: dx is accumulated, because windows may overlap.  When the vertical stride is at least
+the window height (``sh >= ph``, the usual 2x2/2), windows of different output rows touch
+disjoint input rows: output row oh *owns* the input rows from its window's top to the next
+window's top (the first row owns from 0, the last to H), zeroes them and scatters into them, all
+in the same pass and without races.  Otherwise (``sh < ph``) the work is split by whole images.
+
+Max backward sends each gradient to the first maximum of its window in row-major order, like
+TensorFlow: a per-thread ``pending`` vector starts as dy and is handed over (then zeroed) at the
+first window element equal to the forward output y, branch-free so it vectorizes.
+
+All functions trust their arguments: ``fastnet.ops.pool`` validated them.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.string cimport memset
+
+# The per-row loops are C compiled for AVX-512, AVX2 and baseline x86-64 and picked by the loader
+# for the CPU (GCC target_clones), since the build itself uses no -m flags.  Every inner loop
+# runs over the C contiguous channels and is branch-free, so it vectorizes.
+cdef extern from *:
+    r"""
+    #include <stddef.h>
+    #include <string.h>
+    /* FASTNET_CFLAGS=-DFN_NO_TARGET_CLONES builds the baseline code only (to test it). */
+    #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) \
+        && defined(__linux__) && !defined(FN_NO_TARGET_CLONES)
+    #  define FN_CLONES \
+           __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+    #else
+    #  define FN_CLONES
+    #endif
+
+    typedef struct {
+        ptrdiff_t n, h, w, c;         /* input */
+        ptrdiff_t oh, ow;             /* output */
+        ptrdiff_t ph, pw, sh, sw;     /* window and strides */
+        ptrdiff_t pt, pl;             /* padding before (top, left) */
+    } fn_pool_geom;
+
+    /* The window of output row r, pixel ow, clipped to the input: rows [ilo, ihi) and columns
+     * [jlo, jhi) relative to (ih0, iw0). */
+    #define FN_POOL_WINDOW_ROWS(p, oh)                                                           \
+        const ptrdiff_t ih0 = (oh) * (p)->sh - (p)->pt;                                          \
+        const ptrdiff_t ilo = ih0 < 0 ? -ih0 : 0;                                                \
+        const ptrdiff_t ihi = (p)->ph < (p)->h - ih0 ? (p)->ph : (p)->h - ih0;
+    #define FN_POOL_WINDOW_COLS(p, ow)                                                           \
+        const ptrdiff_t iw0 = (ow) * (p)->sw - (p)->pl;                                          \
+        const ptrdiff_t jlo = iw0 < 0 ? -iw0 : 0;                                                \
+        const ptrdiff_t jhi = (p)->pw < (p)->w - iw0 ? (p)->pw : (p)->w - iw0;
+
+    #define FN_POOL_DEFINE(T, S)                                                                 \
+    /* y row r = max (or mean) of each window of x. */                                           \
+    FN_CLONES static void fn_pool_row_##S(const T *restrict x, T *restrict y,                    \
+                                          const fn_pool_geom *p, ptrdiff_t r, int average)       \
+    {                                                                                            \
+        const ptrdiff_t n = r / p->oh, oh = r - n * p->oh, c = p->c;                             \
+        FN_POOL_WINDOW_ROWS(p, oh)                                                               \
+        const T *xn = x + (n * p->h + ih0) * p->w * c;                                           \
+        for (ptrdiff_t ow = 0; ow < p->ow; ++ow) {                                               \
+            FN_POOL_WINDOW_COLS(p, ow)                                                           \
+            T *restrict yp = y + (r * p->ow + ow) * c;                                           \
+            const T *first = xn + (ilo * p->w + iw0 + jlo) * c;                                  \
+            for (ptrdiff_t k = 0; k < c; ++k) yp[k] = first[k];                                  \
+            for (ptrdiff_t i = ilo; i < ihi; ++i)                                                \
+                for (ptrdiff_t j = jlo; j < jhi; ++j) {                                          \
+                    if (i == ilo && j == jlo) continue;                                          \
+                    const T *xp = xn + (i * p->w + iw0 + j) * c;                                 \
+                    if (average)                                                                 \
+                        for (ptrdiff_t k = 0; k < c; ++k) yp[k] += xp[k];                        \
+                    else                                                                         \
+                        for (ptrdiff_t k = 0; k < c; ++k) yp[k] = xp[k] > yp[k] ? xp[k] : yp[k]; \
+                }                                                                                \
+            if (average) {                                                                       \
+                const T scale = (T)1 / (T)((ihi - ilo) * (jhi - jlo));                           \
+                for (ptrdiff_t k = 0; k < c; ++k) yp[k] *= scale;                                \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+                                                                                                 \
+    /* dx (+)= the gradient of output row (n, oh).  Max: each channel's gradient goes to the   \
+     * first element of its window equal to y; ``pending`` (c scratch) holds what is still to   \
+     * be handed out.  Average: spread evenly over the window's real elements.  store: windows   \
+     * do not overlap (sh >= ph, sw >= pw), so dx is written instead of accumulated, and the    \
+     * columns of the window rows that no window covers are zeroed here (the caller zeroes the  \
+     * rows no window covers); otherwise dx must be zeroed beforehand. */                        \
+    FN_CLONES static void fn_pool_backward_row_##S(const T *restrict x, const T *restrict y,     \
+                                                   const T *restrict dy, T *restrict dx,         \
+                                                   const fn_pool_geom *p, ptrdiff_t n,           \
+                                                   ptrdiff_t oh, int average, int store,         \
+                                                   T *restrict pending)                          \
+    {                                                                                            \
+        const ptrdiff_t r = n * p->oh + oh, c = p->c;                                            \
+        FN_POOL_WINDOW_ROWS(p, oh)                                                               \
+        const ptrdiff_t base = (n * p->h + ih0) * p->w * c;                                      \
+        for (ptrdiff_t ow = 0; ow < p->ow; ++ow) {                                               \
+            FN_POOL_WINDOW_COLS(p, ow)                                                           \
+            const ptrdiff_t o = (r * p->ow + ow) * c;                                            \
+            if (store) {                                                                         \
+                ptrdiff_t gap = ow == 0 ? 0 : (ow - 1) * p->sw - p->pl + p->pw;                  \
+                gap = gap < 0 ? 0 : gap;                                                         \
+                for (ptrdiff_t i = ilo; i < ihi; ++i) {                                          \
+                    T *dxr = dx + base + i * p->w * c;                                           \
+                    if (iw0 + jlo > gap)                                                         \
+                        memset(dxr + gap * c, 0, (size_t)((iw0 + jlo - gap) * c) * sizeof(T));   \
+                    if (ow == p->ow - 1 && iw0 + jhi < p->w)                                     \
+                        memset(dxr + (iw0 + jhi) * c, 0,                                         \
+                               (size_t)((p->w - iw0 - jhi) * c) * sizeof(T));                    \
+                }                                                                                \
+            }                                                                                    \
+            if (average) {                                                                       \
+                const T scale = (T)1 / (T)((ihi - ilo) * (jhi - jlo));                           \
+                for (ptrdiff_t k = 0; k < c; ++k) pending[k] = dy[o + k] * scale;                \
+                for (ptrdiff_t i = ilo; i < ihi; ++i)                                            \
+                    for (ptrdiff_t j = jlo; j < jhi; ++j) {                                      \
+                        T *dxp = dx + base + (i * p->w + iw0 + j) * c;                           \
+                        if (store)                                                               \
+                            for (ptrdiff_t k = 0; k < c; ++k) dxp[k] = pending[k];               \
+                        else                                                                     \
+                            for (ptrdiff_t k = 0; k < c; ++k) dxp[k] += pending[k];              \
+                    }                                                                            \
+                continue;                                                                        \
+            }                                                                                    \
+            for (ptrdiff_t k = 0; k < c; ++k) pending[k] = dy[o + k];                            \
+            for (ptrdiff_t i = ilo; i < ihi; ++i)                                                \
+                for (ptrdiff_t j = jlo; j < jhi; ++j) {                                          \
+                    const ptrdiff_t e = base + (i * p->w + iw0 + j) * c;                         \
+                    if (store)                                                                   \
+                        for (ptrdiff_t k = 0; k < c; ++k) {                                      \
+                            const int hit = x[e + k] == y[o + k];                                \
+                            dx[e + k] = hit ? pending[k] : (T)0;                                 \
+                            pending[k] = hit ? (T)0 : pending[k];                                \
+                        }                                                                        \
+                    else                                                                         \
+                        for (ptrdiff_t k = 0; k < c; ++k) {                                      \
+                            const int hit = x[e + k] == y[o + k];                                \
+                            dx[e + k] += hit ? pending[k] : (T)0;                                \
+                            pending[k] = hit ? (T)0 : pending[k];                                \
+                        }                                                                        \
+                }                                                                                \
+        }                                                                                        \
+    }
+
+    FN_POOL_DEFINE(float, s)
+    FN_POOL_DEFINE(double, d)
+    """
+    ctypedef struct fn_pool_geom:
+        Py_ssize_t n, h, w, c, oh, ow, ph, pw, sh, sw, pt, pl
+    void fn_pool_row_s(const float *x, float *y, const fn_pool_geom *p, Py_ssize_t r,
+                       int average) nogil
+    void fn_pool_row_d(const double *x, double *y, const fn_pool_geom *p, Py_ssize_t r,
+                       int average) nogil
+    void fn_pool_backward_row_s(const float *x, const float *y, const float *dy, float *dx,
+                                const fn_pool_geom *p, Py_ssize_t n, Py_ssize_t oh, int average,
+                                int store, float *pending) nogil
+    void fn_pool_backward_row_d(const double *x, const double *y, const double *dy, double *dx,
+                                const fn_pool_geom *p, Py_ssize_t n, Py_ssize_t oh, int average,
+                                int store, double *pending) nogil
+
+ctypedef fn_pool_geom Pool
+
+
+cdef Pool _pool(const Py_ssize_t *xshape, const Py_ssize_t *yshape, Py_ssize_t ph, Py_ssize_t pw,
+                Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl):
+    cdef Pool p
+    p.n, p.h, p.w, p.c = xshape[0], xshape[1], xshape[2], xshape[3]
+    p.oh, p.ow = yshape[1], yshape[2]
+    p.ph, p.pw, p.sh, p.sw, p.pt, p.pl = ph, pw, sh, sw, pt, pl
+    return p
+
+
+cdef inline Py_ssize_t imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline Py_ssize_t imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef inline void owned_rows(const Pool *p, Py_ssize_t oh, Py_ssize_t *lo,
+                            Py_ssize_t *hi) noexcept nogil:
+    """Input rows [lo, hi) that output row oh zeroes and writes in the row-parallel backward."""
+    lo[0] = 0 if oh == 0 else oh * p.sh - p.pt
+    hi[0] = p.h if oh == p.oh - 1 else (oh + 1) * p.sh - p.pt
+
+
+cdef inline void pool_row(const floating *x, floating *y, const Pool *p, Py_ssize_t r,
+                          bint average) noexcept nogil:
+    if floating is float:
+        fn_pool_row_s(x, y, p, r, average)
+    else:
+        fn_pool_row_d(x, y, p, r, average)
+
+
+cdef inline void backward_rows(const floating *x, const floating *y, const floating *dy,
+                               floating *dx, const Pool *p, Py_ssize_t n, Py_ssize_t oh,
+                               bint average, bint store, floating *pending) noexcept nogil:
+    if floating is float:
+        fn_pool_backward_row_s(x, y, dy, dx, p, n, oh, average, store, pending)
+    else:
+        fn_pool_backward_row_d(x, y, dy, dx, p, n, oh, average, store, pending)
+
+
+def pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, bint average,
+                   Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                   Py_ssize_t pl, int nthreads):
+    """y = max (or mean) of every window of x; windows clipped to the input."""
+    cdef Pool p = _pool(x.shape, y.shape, ph, pw, sh, sw, pt, pl)
+    cdef Py_ssize_t r
+    cdef const floating *px = &x[0, 0, 0, 0]
+    cdef floating *py = &y[0, 0, 0, 0]
+    with nogil:
+        for r in prange(p.n * p.oh, num_threads=nthreads, schedule='static'):
+            pool_row(px, py, &p, r, average)
+
+
+# --------------------------------------------------------------------------------- backward
+cdef void backward_row(const floating *x, const floating *y, const floating *dy, floating *dx,
+                       const Pool *p, bint average, Py_ssize_t r,
+                       floating *pending) noexcept nogil:
+    """Row-parallel backward (sh >= ph): output row r zeroes the input rows it owns and then
+    accumulates into them; when the windows do not overlap in width either, it zeroes only the
+    rows its windows miss and stores the rest (one pass over dx instead of two)."""
+    cdef Py_ssize_t n = r // p.oh, oh = r - n * p.oh, lo, hi, top, bottom
+    cdef Py_ssize_t row = p.w * p.c
+    cdef bint store = p.sw >= p.pw
+    owned_rows(p, oh, &lo, &hi)
+    if store:
+        top = imax(oh * p.sh - p.pt, 0)                   # the window rows: [top, bottom)
+        bottom = imin(oh * p.sh - p.pt + p.ph, p.h)
+        memset(dx + (n * p.h + lo) * row, 0, (top - lo) * row * sizeof(floating))
+        memset(dx + (n * p.h + bottom) * row, 0, (hi - bottom) * row * sizeof(floating))
+    else:
+        memset(dx + (n * p.h + lo) * row, 0, (hi - lo) * row * sizeof(floating))
+    backward_rows(x, y, dy, dx, p, n, oh, average, store, pending)
+
+
+cdef void backward_image(const floating *x, const floating *y, const floating *dy, floating *dx,
+                         const Pool *p, bint average, Py_ssize_t n,
+                         floating *pending) noexcept nogil:
+    """Image-parallel backward (overlapping rows of windows): zero image n, then scatter."""
+    cdef Py_ssize_t oh
+    memset(dx + n * p.h * p.w * p.c, 0, p.h * p.w * p.c * sizeof(floating))
+    for oh in range(p.oh):
+        backward_rows(x, y, dy, dx, p, n, oh, average, False, pending)
+
+
+cdef void backward(const floating *x, const floating *y, const floating *dy, floating *dx,
+                   const Pool *p, bint average, floating *pending, Py_ssize_t stride,
+                   int nthreads) noexcept nogil:
+    cdef Py_ssize_t r, n
+    if p.sh >= p.ph:
+        for r in prange(p.n * p.oh, num_threads=nthreads, schedule='static'):
+            backward_row(x, y, dy, dx, p, average, r, pending + threadid() * stride)
+    else:
+        for n in prange(p.n, num_threads=nthreads, schedule='static'):
+            backward_image(x, y, dy, dx, p, average, n, pending + threadid() * stride)
+
+
+def max_pool2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] y,
+                        const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
+                        Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t pt, Py_ssize_t pl, floating[::1] pending, int nthreads):
+    """dx = gradient of max pooling (x the input, y the output, dy its gradient);
+    ``pending`` is per-thread scratch: nthreads slices of C elements, ``pending.size //
+    nthreads`` apart (pad them so that threads never share a cache line)."""
+    cdef Pool p = _pool(dx.shape, dy.shape, ph, pw, sh, sw, pt, pl)
+    cdef Py_ssize_t stride = pending.shape[0] // nthreads
+    with nogil:
+        backward(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &dy[0, 0, 0, 0], &dx[0, 0, 0, 0], &p, False,
+                 &pending[0], stride, nthreads)
+
+
+def avg_pool2d_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
+                        Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t pt, Py_ssize_t pl, floating[::1] pending, int nthreads):
+    """dx = gradient of average pooling (dx's shape is the input's); ``pending`` is per-thread
+    scratch as for max_pool2d_backward."""
+    cdef Pool p = _pool(dx.shape, dy.shape, ph, pw, sh, sw, pt, pl)
+    cdef Py_ssize_t stride = pending.shape[0] // nthreads
+    with nogil:
+        backward(<const floating *>NULL, <const floating *>NULL, &dy[0, 0, 0, 0],
+                 &dx[0, 0, 0, 0], &p, True, &pending[0], stride, nthreads)

@@ -1,0 +1,273 @@
+"""2-D convolution ops (NHWC activations, Keras (kh, kw, in, out) kernels).
+
+Shape contract (Keras / TensorFlow)::
+
+    x       (N, H, W, Cin)
+    kernel  (kh, kw, Cin, Cout)
+    bias    (Cout,)
+    y       (N, OH, OW, Cout)
+    'valid': OH = (H - kh) // sh + 1
+    'same' : OH = ceil(H / sh), total padding max((OH - 1) * sh + kh - H, 0), the odd row at the
+             bottom (likewise for the width, the odd column at the right)
+
+Example::
+
+    >>> x = np.random.rand(8, 28, 28, 1).astype(np.float32)
+    >>> k = np.random.rand(3, 3, 1, 32).astype(np.float32)
+    >>> conv2d(x, k, np.zeros(32, np.float32), activation="relu").shape
+    (8, 26, 26, 32)
+
+Every op validates its arguments, takes its thread count from ``fastnet.config`` and its
+temporary buffers (im2col panels, partial sums) from ``fastnet.ops._workspace``; only the outputs
+are allocated, and not even those when ``out`` is given.  ``_algorithm`` (private, for tests and
+benchmarks) forces one kernel path; see ``fastnet/_kernels/conv.pyx`` for what each one does.
+"""
+import numpy as np
+
+from fastnet import config
+from fastnet._kernels import conv as _kernels
+from fastnet.ops._checks import (check_array, check_out, check_padding, check_positive_int,
+                                 conv_output_size, pair)
+from fastnet.ops._workspace import scratch
+
+__all__ = ["conv2d", "conv2d_backward_input", "conv2d_backward_weight"]
+
+_ACTIVATIONS = {None: 0, "linear": 0, "relu": 1}   # codes of fastnet._kernels.gemm ACT_*
+# im2col panels: this many bytes per thread (blocks schedule) keeps a tile in L2 with the GEMM's
+# packed panels; the shared schedule walks the rows in chunks of at most _SHARED_BYTES.
+_PANEL_BYTES = 256 * 1024
+_SHARED_BYTES = 4 * 1024 * 1024
+_MIN_ROWS_PER_THREAD = 128     # fewer output pixels per thread: one GEMM with every thread
+_DIRECT_MAX_K = 32             # kh*kw*Cin up to this: the direct kernel beats im2col + GEMM
+_PARALLEL_MIN_WORK = 1 << 20   # multiply-adds below which a kernel runs on one thread
+_FORWARD_ALGORITHMS = ("direct", "gemm", "shared", "1x1", "1x1_shared")
+_BACKWARD_INPUT_ALGORITHMS = ("gemm", "shared", "1x1", "1x1_shared")
+_BACKWARD_WEIGHT_ALGORITHMS = ("direct", "gemm", "shared", "1x1", "1x1_shared")
+
+
+# ------------------------------------------------------------------------------ argument checks
+def _check_nonempty(a, name):
+    if a.size == 0:
+        raise ValueError(f"{name} must not have a zero-sized dimension, got shape {a.shape}")
+
+
+def _check_shape4(shape, name):
+    """A 4-tuple of positive ints (an ``input_shape`` argument)."""
+    if not isinstance(shape, (tuple, list)) or len(shape) != 4:
+        raise ValueError(f"{name} must be a tuple of 4 integers (N, H, W, C), got {shape!r}")
+    return tuple(check_positive_int(s, name) for s in shape)
+
+
+def _check_no_overlap(out, name, *arrays):
+    for a in arrays:
+        if a is not None and np.may_share_memory(out, a):
+            raise ValueError(f"{name} must not overlap the inputs")
+
+
+def _geometry(in_hw, k_hw, strides, padding):
+    """((OH, OW), (pad_top, pad_left)) after checking the kernel fits the input."""
+    (h, w), (kh, kw), (sh, sw) = in_hw, k_hw, strides
+    oh, pt, _ = conv_output_size(h, kh, sh, padding)
+    ow, pl, _ = conv_output_size(w, kw, sw, padding)
+    return (oh, ow), (pt, pl)
+
+
+def _check_algorithm(algorithm, allowed, kh, kw, strides):
+    if algorithm is None:
+        return None
+    if algorithm not in allowed:
+        raise ValueError(f"_algorithm must be one of {allowed} or None, got {algorithm!r}")
+    if algorithm.startswith("1x1") and (kh, kw, *strides) != (1, 1, 1, 1):
+        raise ValueError("_algorithm='1x1' needs a 1x1 kernel and strides 1")
+    return algorithm
+
+
+def _threads(work):
+    """The team size for a kernel doing ``work`` multiply-adds (1 when too small to split)."""
+    n = config.get_num_threads()
+    return 1 if work < _PARALLEL_MIN_WORK else n
+
+
+def _schedule(rows, nthreads, pointwise):
+    """'gemm' (per-thread tiles) unless the rows are too few to share, then 'shared'."""
+    base = "1x1" if pointwise else "gemm"
+    if nthreads > 1 and rows < _MIN_ROWS_PER_THREAD * nthreads:
+        return "shared" if base == "gemm" else "1x1_shared"
+    return base
+
+
+def _padded_channels(cout, dtype):
+    """Cout rounded up to the direct kernels' column tile: two 64-byte vectors."""
+    lanes = 128 // np.dtype(dtype).itemsize
+    return -(-cout // lanes) * lanes
+
+
+def _panel(algorithm, rows, k, dtype, nthreads, block_rows=None):
+    """(panel, tile_rows) for an im2col / dcol workspace; panel None when no im2col."""
+    itemsize = np.dtype(dtype).itemsize
+    if algorithm.startswith("1x1"):
+        return None, max(rows, 1)
+    if algorithm == "shared":
+        tile = max(1, min(rows, _SHARED_BYTES // (k * itemsize)))
+        return scratch("conv.panel", (tile * k,), dtype), tile
+    # Blocks: a block holds about rows / nthreads rows (whole images for the backward input).
+    block = block_rows if block_rows is not None else -(-rows // nthreads)
+    tile = max(1, min(block, _PANEL_BYTES // (k * itemsize)))
+    if tile > 64:
+        tile -= tile % 32   # whole register tiles for the GEMM
+    return scratch("conv.panel", (nthreads * tile * k,), dtype), tile
+
+
+# --------------------------------------------------------------------------------------- ops
+def conv2d(x, kernel, bias=None, *, strides=1, padding="valid", activation=None, out=None,
+           _algorithm=None):
+    """2-D convolution ``y = act(conv(x, kernel) + bias)`` (Keras ``Conv2D``, NHWC).
+
+    x (N, H, W, Cin) and kernel (kh, kw, Cin, Cout) float32 or float64 of the same dtype,
+    C-contiguous; bias (Cout,) or None; strides an int or a pair; padding 'valid' or 'same';
+    activation None, 'linear' or 'relu' (fused into the GEMM epilogue).  Returns y
+    (N, OH, OW, Cout), written into ``out`` when given.
+    """
+    x = check_array(x, "x", ndim=4)
+    kernel = check_array(kernel, "kernel", ndim=4, dtype=x.dtype)
+    _check_nonempty(x, "x")
+    _check_nonempty(kernel, "kernel")
+    kh, kw, cin, cout = kernel.shape
+    if x.shape[3] != cin:
+        raise ValueError(f"x has {x.shape[3]} channels but kernel expects {cin} "
+                         f"(kernel shape {kernel.shape})")
+    if bias is not None:
+        bias = check_array(bias, "bias", ndim=1, dtype=x.dtype)
+        if bias.shape[0] != cout:
+            raise ValueError(f"bias must have shape ({cout},) to match kernel, got {bias.shape}")
+    strides = pair(strides, "strides")
+    padding = check_padding(padding)
+    if activation is not None and not isinstance(activation, str):
+        raise TypeError(f"activation must be None or a string, got {type(activation).__name__}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'linear' or 'relu', got {activation!r}")
+    (oh, ow), (pt, pl) = _geometry(x.shape[1:3], (kh, kw), strides, padding)
+    n = x.shape[0]
+    out = check_out(out, "out", (n, oh, ow, cout), x.dtype)
+    _check_no_overlap(out, "out", x, kernel, bias)
+    algorithm = _check_algorithm(_algorithm, _FORWARD_ALGORITHMS, kh, kw, strides)
+
+    rows, k = n * oh * ow, kh * kw * cin
+    nthreads = _threads(rows * k * cout)
+    if algorithm is None:
+        pointwise = (kh, kw, *strides) == (1, 1, 1, 1)
+        algorithm = "direct" if k <= _DIRECT_MAX_K and not pointwise else \
+            _schedule(rows, nthreads, pointwise)
+    if algorithm == "direct":
+        # Packed weights: the bias row then the kernel rows, columns zero-padded to cp.
+        tile = _padded_channels(cout, x.dtype)
+        panel = scratch("conv.panel", ((1 + k) * tile,), x.dtype)
+        packed = panel.reshape(1 + k, tile)
+        packed[:, cout:] = 0
+        packed[1:, :cout] = kernel.reshape(k, cout)
+        packed[0, :cout] = 0 if bias is None else bias
+    else:
+        panel, tile = _panel(algorithm, rows, k, x.dtype, nthreads)
+    _kernels.conv2d_forward(x, kernel, bias, out, strides[0], strides[1], pt, pl,
+                            _ACTIVATIONS[activation], algorithm, panel, tile, nthreads)
+    return out
+
+
+def conv2d_backward_input(dy, kernel, input_shape, *, strides=1, padding="valid", out=None,
+                          _algorithm=None):
+    """Gradient of ``conv2d`` with respect to its input.
+
+    dy (N, OH, OW, Cout) and kernel (kh, kw, Cin, Cout) of the same float dtype; input_shape the
+    forward input's shape (N, H, W, Cin).  Returns dx of shape ``input_shape`` (into ``out``
+    when given).
+    """
+    dy = check_array(dy, "dy", ndim=4)
+    kernel = check_array(kernel, "kernel", ndim=4, dtype=dy.dtype)
+    _check_nonempty(kernel, "kernel")
+    input_shape = _check_shape4(input_shape, "input_shape")
+    kh, kw, cin, cout = kernel.shape
+    n, h, w, c = input_shape
+    if c != cin:
+        raise ValueError(f"input_shape has {c} channels but kernel expects {cin} "
+                         f"(kernel shape {kernel.shape})")
+    strides = pair(strides, "strides")
+    padding = check_padding(padding)
+    (oh, ow), (pt, pl) = _geometry((h, w), (kh, kw), strides, padding)
+    if dy.shape != (n, oh, ow, cout):
+        raise ValueError(f"dy must have shape {(n, oh, ow, cout)} (the conv2d output for "
+                         f"input_shape {input_shape}), got {dy.shape}")
+    out = check_out(out, "out", input_shape, dy.dtype)
+    _check_no_overlap(out, "out", dy, kernel)
+    algorithm = _check_algorithm(_algorithm, _BACKWARD_INPUT_ALGORITHMS, kh, kw, strides)
+
+    rows, k = n * oh * ow, kh * kw * cin
+    nthreads = _threads(rows * k * cout)
+    pointwise = (kh, kw, *strides) == (1, 1, 1, 1)
+    if algorithm is None:
+        # Whole images per thread need at least one image per thread.
+        algorithm = ("1x1" if pointwise else "gemm") if n >= nthreads else \
+            ("1x1_shared" if pointwise else "shared")
+    panel, tile = _panel(algorithm, rows, k, dy.dtype, nthreads,
+                         block_rows=-(-n // nthreads) * oh * ow)
+    _kernels.conv2d_backward_input(dy, kernel.reshape(k, cout), out, kh, kw, strides[0],
+                                   strides[1], pt, pl, algorithm, panel, tile, nthreads)
+    return out
+
+
+def conv2d_backward_weight(x, dy, kernel_size, *, strides=1, padding="valid", out=None,
+                           bias_grad=None, _algorithm=None):
+    """Gradients of ``conv2d`` with respect to its kernel and (optionally) its bias.
+
+    x (N, H, W, Cin) the forward input, dy (N, OH, OW, Cout) of the same float dtype,
+    kernel_size an int or (kh, kw).  Returns the pair ``(dkernel, bias_grad)``: dkernel
+    (kh, kw, Cin, Cout), written into ``out`` when given; ``bias_grad`` is None when not given,
+    else the caller's (Cout,) array, filled with dy summed over N, OH and OW.  The pair is
+    returned either way, so ``dk, db = conv2d_backward_weight(...)`` always works.
+
+    Sums over the batch are reduced in an order fixed by the thread count only: results are
+    bitwise reproducible for a given ``fastnet.set_num_threads``.
+    """
+    x = check_array(x, "x", ndim=4)
+    dy = check_array(dy, "dy", ndim=4, dtype=x.dtype)
+    _check_nonempty(x, "x")
+    kh, kw = pair(kernel_size, "kernel_size")
+    strides = pair(strides, "strides")
+    padding = check_padding(padding)
+    n, h, w, cin = x.shape
+    (oh, ow), (pt, pl) = _geometry((h, w), (kh, kw), strides, padding)
+    if dy.shape[:3] != (n, oh, ow) or dy.shape[3] < 1:
+        raise ValueError(f"dy must have shape {(n, oh, ow)} + (Cout,) (the conv2d output for "
+                         f"x of shape {x.shape}), got {dy.shape}")
+    cout = dy.shape[3]
+    out = check_out(out, "out", (kh, kw, cin, cout), x.dtype)
+    _check_no_overlap(out, "out", x, dy)
+    if bias_grad is not None:
+        if not isinstance(bias_grad, np.ndarray):
+            raise TypeError(f"bias_grad must be a numpy.ndarray or None, "
+                            f"got {type(bias_grad).__name__}")
+        check_out(bias_grad, "bias_grad", (cout,), x.dtype)
+        _check_no_overlap(bias_grad, "bias_grad", x, dy, out)
+    algorithm = _check_algorithm(_algorithm, _BACKWARD_WEIGHT_ALGORITHMS, kh, kw, strides)
+
+    rows, k = n * oh * ow, kh * kw * cin
+    nthreads = _threads(rows * k * cout)
+    if algorithm is None:
+        pointwise = (kh, kw, *strides) == (1, 1, 1, 1)
+        algorithm = "direct" if k <= _DIRECT_MAX_K and not pointwise else \
+            _schedule(rows, nthreads, pointwise)
+    partials = bias_partials = None
+    if algorithm == "direct":
+        # Per-block partial sums (kp, cp): K rounded up to the kernel's register tile.
+        kp, cp = _kernels.direct_weight_rows(k), _padded_channels(cout, x.dtype)
+        panel, tile = None, 0
+        partials = scratch("conv.partials", (nthreads * kp * cp,), x.dtype)
+    else:
+        panel, tile = _panel(algorithm, rows, k, x.dtype, nthreads)
+        if not algorithm.endswith("shared") and nthreads > 1:
+            partials = scratch("conv.partials", ((nthreads - 1) * k * cout,), x.dtype)
+    if bias_grad is not None and nthreads > 1:
+        bias_partials = scratch("conv.bias_partials", ((nthreads - 1) * cout,), x.dtype)
+    _kernels.conv2d_backward_weight(x, dy, out.reshape(k, cout), bias_grad, kh, kw, strides[0],
+                                    strides[1], pt, pl, algorithm, panel, tile, partials,
+                                    bias_partials, nthreads)
+    return out, bias_grad
