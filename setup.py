@@ -64,7 +64,9 @@ else:
     OMP_FLAGS, OMP_LINK = ["-fopenmp"], ["-fopenmp"]
     if os.environ.get("FASTNET_NO_OPENMP") or not _compiler_accepts(["-fopenmp"], OMP_TEST):
         print("fastnet: the C compiler has no OpenMP; building serial kernels", file=sys.stderr)
-        OMP_FLAGS, OMP_LINK = [], []
+        # keep `#pragma omp simd` hints without the OpenMP runtime where the compiler can
+        OMP_FLAGS = ["-fopenmp-simd"] if _compiler_accepts(["-fopenmp-simd"]) else []
+        OMP_LINK = []
 EXTRA = os.environ.get("FASTNET_CFLAGS", "").split()
 
 

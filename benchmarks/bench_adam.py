@@ -107,14 +107,16 @@ def test_adam_numpy(benchmark):
 # ---- a plain table ------------------------------------------------------------------------------
 
 def _median_seconds(fn, repeats, warmup=3):
+    """(median wall seconds, process CPU seconds / wall seconds over the timed calls)."""
     for _ in range(warmup):
         fn()
     times = []
+    cpu0 = time.process_time()
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), (time.process_time() - cpu0) / sum(times)
 
 
 def main():
@@ -131,10 +133,12 @@ def main():
     ]
     print(f"Adam step, {n:,} float32 params, {BYTES_PER_PARAM} B/param "
           f"(OpenMP {'on' if fastnet.config.openmp_enabled() else 'off'})")
-    print(f"{'implementation':34s} {'median ms':>10s} {'GB/s':>8s}")
+    print(f"{'implementation':34s} {'median ms':>10s} {'GB/s':>8s} {'cpu/wall':>9s}")
     for name, fn in rows:
-        s = _median_seconds(fn, args.repeats)
-        print(f"{name:34s} {s * 1e3:10.2f} {gbps(s, n):8.1f}")
+        s, busy = _median_seconds(fn, args.repeats)
+        print(f"{name:34s} {s * 1e3:10.2f} {gbps(s, n):8.1f} {busy:9.2f}")
+    print("cpu/wall well below the thread count means another process held a core (the static "
+          "split then waits for the preempted thread): rerun on an idle machine.")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ As pytest-benchmark tests::
 As a script (a table of medians in microseconds, 1 and 2 threads)::
 
     python benchmarks/bench_conv.py [--repeat 20] [--rounds 5] [--threads 1,2] [--algorithms]
+                                    [--big]
 
 Each cell is the lowest of ``--rounds`` medians of ``--repeat`` calls, the rounds of all cells
 interleaved: on a shared machine a round that overlapped someone else's work is dropped.
@@ -23,31 +24,33 @@ from fastnet.ops.conv import conv2d, conv2d_backward_input, conv2d_backward_weig
 from fastnet.ops.pool import max_pool2d, max_pool2d_backward
 
 BATCH = 64
-# name: (H, W, Cin, Cout, k) with 'valid' padding, stride 1
+# name: (H, W, Cin, Cout, k, padding), stride 1
 CONVS = {
-    "conv 1->32 28x28": (28, 28, 1, 32, 3),
-    "conv 32->64 13x13": (13, 13, 32, 64, 3),
-    "conv 64->64 5x5": (5, 5, 64, 64, 3),
+    "conv 1->32 28x28": (28, 28, 1, 32, 3, "valid"),
+    "conv 32->64 13x13": (13, 13, 32, 64, 3, "valid"),
+    "conv 64->64 5x5": (5, 5, 64, 64, 3, "valid"),
 }
+BIG_CONVS = {"conv 64->128 32x32 same": (32, 32, 64, 128, 3, "same")}   # --big
 POOL = (26, 26, 32)
 
 
 def _conv_ops(name, algorithm=None):
     """{op name: zero-argument callable} for one conv shape, outputs preallocated."""
-    h, w, cin, cout, k = CONVS[name]
+    h, w, cin, cout, k, padding = {**CONVS, **BIG_CONVS}[name]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((BATCH, h, w, cin)).astype(np.float32)
     kernel = (rng.standard_normal((k, k, cin, cout)) * 0.1).astype(np.float32)
     bias = np.zeros(cout, np.float32)
-    y = conv2d(x, kernel, bias, activation="relu")
+    y = conv2d(x, kernel, bias, padding=padding, activation="relu")
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx, dk, db = np.empty_like(x), np.empty_like(kernel), np.empty_like(bias)
     ops = {
-        "fwd": lambda: conv2d(x, kernel, bias, activation="relu", out=y, _algorithm=algorithm),
-        "bwd": lambda: conv2d_backward_input(dy, kernel, x.shape, out=dx,
+        "fwd": lambda: conv2d(x, kernel, bias, padding=padding, activation="relu", out=y,
+                              _algorithm=algorithm),
+        "bwd": lambda: conv2d_backward_input(dy, kernel, x.shape, padding=padding, out=dx,
                                              _algorithm=algorithm),
-        "bwd-w": lambda: conv2d_backward_weight(x, dy, k, out=dk, bias_grad=db,
-                                                _algorithm=algorithm),
+        "bwd-w": lambda: conv2d_backward_weight(x, dy, k, padding=padding, out=dk,
+                                                bias_grad=db, _algorithm=algorithm),
     }
     if algorithm == "direct":   # no direct backward-input kernel
         del ops["bwd"]
@@ -103,11 +106,13 @@ def main():
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--algorithms", action="store_true",
                         help="also time every forced kernel path")
+    parser.add_argument("--big", action="store_true",
+                        help="also time the bigger layer (64->128 on 32x32, 'same'; slow)")
     args = parser.parse_args()
     thread_counts = [int(t) for t in args.threads.split(",")]
 
     rows = []   # (label, op, algorithm) -> callable factory
-    for name in CONVS:
+    for name in list(CONVS) + (list(BIG_CONVS) if args.big else []):
         algs = [None]
         if args.algorithms:
             algs += ["direct", "gemm", "shared"]

@@ -5,12 +5,20 @@ script (table of medians, GFLOP/s, ratio to NumPy, fraction of FMA peak):
                    python benchmarks/bench_gemm.py [--threads 1,2] [--only square|cnn] [--reps N]
 The machine is shared: other processes on the second core wreck 2-thread timings (a descheduled
 OpenMP thread stalls the whole team), so check `uptime` first and compare medians of blocks.
-NumPy's thread count is set with threadpoolctl when it is installed; otherwise NumPy runs with
-whatever OPENBLAS_NUM_THREADS / OMP_NUM_THREADS says, and the table notes it.  For the fairest
-comparison unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in the benchmark command only.
+The script runs each library in fresh processes (interleaved, --blocks of them) so that the two
+thread pools never share a process: an idle OpenBLAS pool spins for a while after each call and
+takes the second core from OpenMP (and vice versa), which wrecks 2-thread timings.  In the
+pytest-benchmark mode both live in one process, so prefer the script for 2-thread numbers.
+NumPy's thread count is set with threadpoolctl when it is installed (and OPENBLAS_NUM_THREADS in
+the script's workers).  For the fairest comparison unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
+in the benchmark command only.
 """
 import argparse
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -113,40 +121,62 @@ if pytest is not None:
         print(f"\n{name} {lib} {threads}T: {gflops:.1f} GFLOP/s")
 
 
+def _worker(lib, threads, cases, min_time, reps):
+    """Median seconds per case for one library in this (fresh) process."""
+    fastnet.set_num_threads(threads)
+    times = []
+    with _numpy_threads(threads):
+        for _, m, n, k, ta, tb in cases:
+            ours, theirs = _callables(m, n, k, ta, tb)
+            times.append(_median_time(ours if lib == "fastnet" else theirs, min_time, reps))
+    return times
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", default="1,2")
     p.add_argument("--only", choices=["square", "cnn"], default=None)
     p.add_argument("--reps", type=int, default=None)
-    p.add_argument("--min-time", type=float, default=0.2, help="seconds per timing block")
-    p.add_argument("--blocks", type=int, default=3, help="timing blocks per library (median)")
+    p.add_argument("--min-time", type=float, default=0.1, help="seconds per timing block")
+    p.add_argument("--blocks", type=int, default=3,
+                   help="fresh processes per library and thread count (median of their medians)")
+    p.add_argument("--worker", choices=["fastnet", "numpy"], help=argparse.SUPPRESS)
     args = p.parse_args()
     cases = SQUARE if args.only == "square" else CNN if args.only == "cnn" else SQUARE + CNN
+    if args.worker:
+        print(json.dumps(_worker(args.worker, int(args.threads), cases, args.min_time,
+                                 args.reps)))
+        return
     print(f"fastnet GEMM path: {G.isa()} (available: {','.join(G.available_isas())}); "
-          f"numpy threads: {'threadpoolctl' if threadpool_limits else 'NOT controlled'}")
+          f"numpy threads: {'threadpoolctl' if threadpool_limits else 'NOT controlled'}; "
+          f"each library in its own fresh processes, interleaved, median of {args.blocks}")
     print(f"{'product':<12}{'MxNxK':>18} {'thr':>3} {'fastnet':>9} {'numpy':>9} "
           f"{'ratio':>6} {'%peak':>6}")
-    old = fastnet.get_num_threads()
-    try:
-        for threads in [int(t) for t in args.threads.split(",")]:
-            fastnet.set_num_threads(threads)
-            with _numpy_threads(threads):
-                for name, m, n, k, ta, tb in cases:
-                    ours, theirs = _callables(m, n, k, ta, tb)
-                    # Blocks of each library, ours after a pause: OpenBLAS's idle threads spin
-                    # for a while after a call and would steal the second core from ours.
-                    t_ours, t_np = [], []
-                    for _ in range(args.blocks):
-                        time.sleep(0.1)
-                        t_ours.append(_median_time(ours, args.min_time, args.reps))
-                        t_np.append(_median_time(theirs, args.min_time, args.reps))
-                    f = 2.0 * m * n * k / 1e9
-                    g_ours, g_np = f / float(np.median(t_ours)), f / float(np.median(t_np))
-                    print(f"{name:<12}{f'{m}x{n}x{k}':>18} {threads:>3} {g_ours:>9.1f} "
-                          f"{g_np:>9.1f} {g_ours / g_np:>6.2f} "
-                          f"{100 * g_ours / (PEAK_PER_CORE * threads):>5.0f}%", flush=True)
-    finally:
-        fastnet.set_num_threads(old)
+    for threads in [int(t) for t in args.threads.split(",")]:
+        res = {"fastnet": [], "numpy": []}
+        for _ in range(args.blocks):
+            for lib in ("fastnet", "numpy"):
+                env = dict(os.environ)
+                # A library's idle pool spins after each call and would steal the second core
+                # from the other one: never let both pools live in one process.
+                env["OPENBLAS_NUM_THREADS"] = str(threads) if lib == "numpy" else "1"
+                env["OMP_NUM_THREADS"] = str(threads)
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker", lib,
+                       "--threads", str(threads), "--min-time", str(args.min_time)]
+                if args.only:
+                    cmd += ["--only", args.only]
+                if args.reps:
+                    cmd += ["--reps", str(args.reps)]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                res[lib].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for i, (name, m, n, k, ta, tb) in enumerate(cases):
+            t_ours = float(np.median([r[i] for r in res["fastnet"]]))
+            t_np = float(np.median([r[i] for r in res["numpy"]]))
+            f = 2.0 * m * n * k / 1e9
+            g_ours, g_np = f / t_ours, f / t_np
+            print(f"{name:<12}{f'{m}x{n}x{k}':>18} {threads:>3} {g_ours:>9.1f} {g_np:>9.1f} "
+                  f"{g_ours / g_np:>6.2f} {100 * g_ours / (PEAK_PER_CORE * threads):>5.0f}%",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -135,17 +135,22 @@ static void F(serial)(const BLK *bk, const F(plan) *pl, int transa, int transb, 
 }
 
 #ifdef _OPENMP
-/* Split the tile grid (tm x tn tiles) among nthr threads as a gm x gn grid, least max load. */
-static void F(grid)(ptrdiff_t tm, ptrdiff_t tn, int nthr, int *gm, int *gn)
+/* Split the tile grid (tm x tn tiles of mr x nr) among nthr threads as a gm x gn grid: the
+ * least per-thread cost, counting FMA lanes per depth step plus the panels each thread packs
+ * (a packed element costs about one vector FMA, 16 lanes); ties go to the row split. */
+static void F(grid)(ptrdiff_t tm, ptrdiff_t tn, int mr, int nr, const F(plan) *pl, int nthr,
+                    int *gm, int *gn)
 {
-    ptrdiff_t best = -1;
+    double best = -1.0;
     *gm = nthr; *gn = 1;
-    for (int a = 1; a <= nthr; ++a) {
+    for (int a = nthr; a >= 1; --a) {
         if (nthr % a) continue;
         const int b = nthr / a;
-        const ptrdiff_t load = ((tm + a - 1) / a) * ((tn + b - 1) / b);
-        if (best < 0 || load < best || (load == best && a > *gm)) {
-            best = load; *gm = a; *gn = b;
+        const double rows = (double)((tm + a - 1) / a), cols = (double)((tn + b - 1) / b);
+        const double cost = rows * cols * mr * nr + (pl->pack_b ? 16.0 * cols * nr : 0.0) +
+                            (pl->pack_a ? 16.0 * rows * mr : 0.0);
+        if (best < 0.0 || cost < best) {
+            best = cost; *gm = a; *gn = b;
         }
     }
 }
@@ -186,7 +191,7 @@ void PUBLIC(int transa, int transb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, T alp
 
     if (nthreads < 1) nthreads = 1;
     const double work = (double)M * (double)N * (double)K;
-    if (work < 65536.0) nthreads = 1;
+    if (work < 200000.0) nthreads = 1;  /* a fork/join costs ~2 us: about 200k FMAs here */
 
     /* Split-K: too few tiles to share, a long depth. */
     const ptrdiff_t nchunks = (tm * tn <= 4 && K >= 4096) ? (K / 2048 < 16 ? K / 2048 : 16) : 1;
@@ -251,7 +256,7 @@ void PUBLIC(int transa, int transb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, T alp
         FN_FTZ_BEGIN
         const int nthr = omp_get_num_threads(), tid = omp_get_thread_num();
         int gm, gn;
-        F(grid)(tm, tn, nthr, &gm, &gn);
+        F(grid)(tm, tn, mr, nr, &pl, nthr, &gm, &gn);
         ptrdiff_t i0, i1, j0, j1;
         F(share)(tm, gm, tid / gn, mr, M, &i0, &i1);
         F(share)(tn, gn, tid % gn, nr, N, &j0, &j1);

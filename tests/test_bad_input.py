@@ -120,7 +120,7 @@ def test_kernel_larger_than_input_and_wrong_rank():
         models.Sequential([layers.Conv2D(2, 5, input_shape=(4, 4, 1))])
     with pytest.raises(ValueError, match="Conv2D expects inputs"):
         models.Sequential([layers.Conv2D(2, 3, input_shape=(8, 8))])
-    with pytest.raises(ValueError, match="kernel size 3 is larger"):
+    with pytest.raises(ValueError, match="pool size 3 is larger"):
         models.Sequential([layers.MaxPooling2D(3, input_shape=(2, 2, 1))])
     # 'same' padding makes any kernel fit
     models.Sequential([layers.Conv2D(2, 5, padding="same", input_shape=(4, 4, 1))])

@@ -45,3 +45,12 @@ def test_omp_num_threads_is_the_default(tmp_path):
 def test_fastnet_info_runs(tmp_path):
     out = _run(["-m", "fastnet.cli", "info"], tmp_path)
     assert "GEMM kernel path:" in out.stdout and "threads:" in out.stdout
+
+
+def test_fastnet_demo_prints_accuracy_and_throughput(tmp_path):
+    out = _run(["-m", "fastnet.cli", "demo", "--epochs", "1", "--quiet", "--threads", "1"],
+               tmp_path)
+    lines = out.stdout.splitlines()
+    acc = [l for l in lines if l.startswith("test accuracy:")]
+    assert acc and float(acc[0].split(":")[1]) > 0.5
+    assert any("images/s" in l and "1 thread(s)" in l for l in lines)

@@ -357,7 +357,7 @@ def _bad_cases():
         (lambda: conv2d(x, np.zeros((7, 3, 3, 4))), ValueError, "larger than the input"),
         (lambda: conv2d(x, k, strides=0), ValueError, "strides must be >= 1"),
         (lambda: conv2d(x, k, strides=(1, 2, 3)), ValueError, "strides must be an integer"),
-        (lambda: conv2d(x, k, strides=1.5), ValueError, "strides must be an integer"),
+        (lambda: conv2d(x, k, strides=1.5), TypeError, "strides must be an integer"),
         (lambda: conv2d(x, k, strides=(1, 1.0)), TypeError, "strides must be an integer"),
         (lambda: conv2d(x, k, padding="full"), ValueError, "padding must be 'valid' or 'same'"),
         (lambda: conv2d(x, k, activation="tanh"), ValueError, "activation must be"),

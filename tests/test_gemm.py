@@ -118,7 +118,7 @@ def test_cnn_shapes_fused_epilogue(isa, m, n, k, ta, tb):
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (1.0, 1.0), (0.5, -0.75), (-2.0, 1.0)])
 def test_alpha_beta_bias_relu(isa, dtype, alpha, beta):
     rng = np.random.default_rng(3)
-    for m, n, k in [(37, 45, 29), (200, 70, 800), (25, 130, 3)]:
+    for m, n, k in [(37, 45, 29), (200, 70, 800), (25, 130, 3), (16, 1000, 300)]:
         for ta, tb in itertools.product((False, True), repeat=2):
             a, b = _operands(rng, m, n, k, ta, tb, dtype)
             c = rng.standard_normal((m, n)).astype(dtype)
@@ -192,9 +192,10 @@ def test_no_product_k0_or_alpha0(isa, dtype):
     np.testing.assert_allclose(got, 2.0 * c, rtol=1e-6)
 
 
-DETERMINISM_SHAPES = [  # one per path: packed, A in place (skinny N), split-K, tiny
-    (300, 700, 900, False, False), (2000, 64, 288, False, False),
+DETERMINISM_SHAPES = [  # one per path: packed, A in place (skinny N), split-K, tiny, a split
+    (300, 700, 900, False, False), (2000, 64, 288, False, False),  # of N among the threads
     (9, 32, 43264, True, False), (64, 10, 64, False, True), (577, 65, 1025, True, True),
+    (16, 1000, 300, False, True),
 ]
 
 
@@ -208,6 +209,17 @@ def test_bitwise_deterministic_runs_and_thread_counts(isa, m, n, k, ta, tb):
     for nthreads in (1, 2, 3, 2):
         again = _run(a, b, m, n, ta, tb, dtype, bias=bias, act=1, nthreads=nthreads)
         assert np.array_equal(first, again), f"differs with nthreads={nthreads}"
+
+
+def test_flush_to_zero_is_restored():
+    """The kernels set FTZ/DAZ in their workers only: the caller's denormals survive a call."""
+    tiny = np.float32(1e-40)  # a float32 denormal
+    for nthreads in (1, 2):
+        rng = np.random.default_rng(13)
+        a, b = _operands(rng, 200, 100, 300, False, False, np.float32)
+        _run(a, b, 200, 100, False, False, np.float32, nthreads=nthreads)
+        assert np.multiply(tiny, np.float32(1.0)) != 0.0
+        assert (np.array([tiny]) * np.float32(2.0))[0] != 0.0
 
 
 def test_concurrent_python_threads():

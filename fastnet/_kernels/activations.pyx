@@ -81,12 +81,13 @@ cdef extern from *:
     FN_ACT_NOTRAP static inline float fn_expf(float x)
     {
         const float round_magic = 12582912.0f;          /* 1.5 * 2**23: round to nearest */
-        float n, r, p;
+        float xc, n, r, p;
         int32_t k, k1;
-        x = x < -105.0f ? -105.0f : x;                   /* exp(-105) rounds to 0 */
-        x = x > 89.0f ? 89.0f : x;                       /* exp(89) overflows to inf */
-        n = (x * 1.44269504088896341f + round_magic) - round_magic;
-        r = x - n * 0.693359375f;                        /* ln 2 in two pieces (Cody-Waite) */
+        xc = x < -105.0f ? -105.0f : x;                  /* exp(-105) rounds to 0 */
+        xc = xc > 89.0f ? 89.0f : xc;                    /* exp(89) overflows to inf */
+        xc = xc == xc ? xc : 0.0f;                       /* NaN: keep the int cast defined */
+        n = (xc * 1.44269504088896341f + round_magic) - round_magic;
+        r = xc - n * 0.693359375f;                       /* ln 2 in two pieces (Cody-Waite) */
         r = r - n * -2.12194440e-4f;
         p = 1.9875691500e-4f;
         p = p * r + 1.3981999507e-3f;
@@ -95,9 +96,10 @@ cdef extern from *:
         p = p * r + 1.6666665459e-1f;
         p = p * r + 5.0000001201e-1f;
         p = p * (r * r) + r + 1.0f;
-        k = (int32_t)n;                                  /* -152..129 (garbage for NaN: p is NaN) */
-        k1 = k / 2;                       /* 2**k as two factors, each in range */
-        return p * fn_pow2i(k1) * fn_pow2i(k - k1);
+        k = (int32_t)n;                                  /* -152..129 */
+        k1 = k / 2;                                      /* 2**k as two factors in range */
+        p = p * fn_pow2i(k1) * fn_pow2i(k - k1);
+        return x == x ? p : x;
     }
 
     FN_ACT_NOTRAP static inline float fn_tanhf(float x)

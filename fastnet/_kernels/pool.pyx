@@ -14,7 +14,9 @@ Backward: dx is accumulated, because windows may overlap.  When the vertical str
 the window height (``sh >= ph``, the usual 2x2/2), windows of different output rows touch
 disjoint input rows: output row oh *owns* the input rows from its window's top to the next
 window's top (the first row owns from 0, the last to H), zeroes them and scatters into them, all
-in the same pass and without races.  Otherwise (``sh < ph``) the work is split by whole images.
+in the same pass and without races.  When the windows do not overlap at all (``sw >= pw`` too),
+the gradient is stored rather than added and only the elements no window covers are zeroed, so dx
+is written once.  Otherwise (``sh < ph``) the work is split by whole images.
 
 Max backward sends each gradient to the first maximum of its window in row-major order, like
 TensorFlow: a per-thread ``pending`` vector starts as dy and is handed over (then zeroed) at the

@@ -26,9 +26,9 @@ class MaxPooling2D(Layer):
                              f"channels), got per-sample shape {input_shape}")
         try:
             oh = conv_output_size(input_shape[0], self.pool_size[0], self.strides[0],
-                                  self.padding)[0]
+                                  self.padding, what="pool")[0]
             ow = conv_output_size(input_shape[1], self.pool_size[1], self.strides[1],
-                                  self.padding)[0]
+                                  self.padding, what="pool")[0]
         except ValueError as e:
             raise ValueError(f"{self.name}: {e} (input {input_shape})") from None
         return (oh, ow, input_shape[2])

@@ -52,7 +52,9 @@ def pair(v, name, *, minimum=1):
     """Normalize an int or a pair of ints (kernel size, strides) to a tuple of two ints."""
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         v = (v, v)
-    if not isinstance(v, (tuple, list)) or len(v) != 2:
+    if not isinstance(v, (tuple, list)):
+        raise TypeError(f"{name} must be an integer or a pair of integers, got {v!r}")
+    if len(v) != 2:
         raise ValueError(f"{name} must be an integer or a pair of integers, got {v!r}")
     return tuple(check_positive_int(x, name, minimum=minimum) for x in v)
 
@@ -64,11 +66,13 @@ def check_padding(padding):
     return padding.lower()
 
 
-def conv_output_size(size, k, stride, padding):
-    """(output size, pad before, pad after) along one axis, TensorFlow's rule for 'same'."""
+def conv_output_size(size, k, stride, padding, what="kernel"):
+    """(output size, pad before, pad after) along one axis, TensorFlow's rule for 'same'.
+
+    ``what`` names the window in the error message ('kernel' or 'pool')."""
     if padding == "valid":
         if size < k:
-            raise ValueError(f"kernel size {k} is larger than the input size {size} "
+            raise ValueError(f"{what} size {k} is larger than the input size {size} "
                              f"with padding='valid'")
         return (size - k) // stride + 1, 0, 0
     out = -(-size // stride)

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 
 _local = threading.local()
+_ALIGN = 64
 
 
 def scratch(key, shape, dtype):
@@ -23,7 +24,9 @@ def scratch(key, shape, dtype):
     nbytes = max(n * dtype.itemsize, 1)
     buf = pool.get(key)
     if buf is None or buf.nbytes < nbytes:
-        buf = pool[key] = np.empty(max(nbytes, 64), dtype=np.uint8)
+        raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+        start = -raw.ctypes.data % _ALIGN  # 64-byte aligned: SIMD loads, no false sharing
+        buf = pool[key] = raw[start:start + nbytes]
     return buf[: n * dtype.itemsize].view(dtype).reshape(shape)
 
 

@@ -45,8 +45,8 @@ def _window(input_shape, pool_size, strides, padding):
     strides = pool if strides is None else pair(strides, "strides")
     padding = check_padding(padding)
     n, h, w, c = input_shape
-    oh, pt, _ = conv_output_size(h, pool[0], strides[0], padding)
-    ow, pl, _ = conv_output_size(w, pool[1], strides[1], padding)
+    oh, pt, _ = conv_output_size(h, pool[0], strides[0], padding, what="pool")
+    ow, pl, _ = conv_output_size(w, pool[1], strides[1], padding, what="pool")
     return pool, strides, (n, oh, ow, c), (pt, pl)
 
 
