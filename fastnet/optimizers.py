@@ -45,8 +45,11 @@ class Optimizer:
     def _build_slots(self):
         pass
 
-    def apply(self, params, grads):
-        """One update of the flat ``params`` (1-D) with the flat ``grads`` (1-D), in place."""
+    def apply(self, params, grads, segments=None):
+        """One update of the flat ``params`` (1-D) with the flat ``grads`` (1-D), in place.
+
+        ``segments`` lists the (offset, size) of each variable inside the flat buffers, for
+        rules that act per variable; None means one variable spanning the buffer."""
         if self._size != params.size or self._dtype != params.dtype:
             self.build(params.size, params.dtype)
         self.iterations += 1

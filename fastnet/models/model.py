@@ -122,6 +122,9 @@ class Model:
             layer.params[name] = view
             layer.grads[name] = grads[off:off + value.size].reshape(value.shape)
         self._flat_params, self._flat_grads = params, grads
+        # (offset, size) of each trainable weight: per-variable rules (clipnorm) need them
+        self._segments = [(off, layer.params[name].size)
+                          for (layer, name), off in zip(entries[:n_trainable_entries], offsets)]
 
     def _require_built(self, what):
         if not self.built:
@@ -276,7 +279,7 @@ class Model:
                 f"the loss became {loss}; check the inputs and lower the learning rate")
         self._backward(grad)
         n = self._n_trainable
-        self.optimizer.apply(self._flat_params[:n], self._flat_grads[:n])
+        self.optimizer.apply(self._flat_params[:n], self._flat_grads[:n], self._segments)
         for m in self.metrics:
             m.update_state(yb, out)
         return loss
