@@ -86,8 +86,9 @@ def demo(args):
     if args.verbose:
         model.summary()
     t0 = time.perf_counter()
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-              verbose=1 if args.verbose else 0)
+    history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                        verbose=1 if args.verbose else 0,
+                        validation_data=(x_test, y_test) if args.plot else None)
     wall = time.perf_counter() - t0
     loss, acc = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     ips = model._train_samples / model._train_seconds if model._train_seconds else 0.0
@@ -95,6 +96,9 @@ def demo(args):
     print(f"test accuracy: {acc:.4f}")
     print(f"training: {ips:,.0f} images/s ({args.epochs} epochs in {wall:.1f} s, "
           f"batch {args.batch_size}, {fastnet.get_num_threads()} thread(s))")
+    if args.plot:
+        history.plot(args.plot, title="fastnet demo: classic CNN on the bundled digits")
+        print(f"loss and accuracy curves written to {args.plot}")
     return 0 if acc >= args.min_accuracy else 1
 
 
@@ -109,6 +113,9 @@ def main(argv=None):
     p_demo.add_argument("--seed", type=int, default=0)
     p_demo.add_argument("--min-accuracy", type=float, default=0.0,
                         help="exit with status 1 if the test accuracy is lower")
+    p_demo.add_argument("--plot", metavar="PNG", default=None,
+                        help="write the loss/accuracy curves (training and test) to this PNG "
+                             "(needs matplotlib)")
     p_demo.add_argument("--quiet", dest="verbose", action="store_false",
                         help="no summary and no progress bar")
     sub.add_parser("info", help="version, CPU features, kernel path and threads")

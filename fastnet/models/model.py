@@ -6,6 +6,8 @@ and gradient buffers (every layer's weights are views into them, so an optimizer
 fused pass), the conversion of user data into batches, the loss, metrics and progress.
 """
 import numbers
+import signal
+import threading
 import time
 
 import numpy as np
@@ -37,6 +39,38 @@ def _check_verbose(verbose):
     if verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
     return int(verbose)
+
+
+def _update_metric(metric, y, out, w):
+    if w is None:
+        metric.update_state(y, out)
+    else:
+        metric.update_state(y, out, sample_weight=w)
+
+
+class _StopOnInterrupt:
+    """Within ``fit``: the first Ctrl-C asks to stop after the current batch; a second one
+    interrupts at once.  Only the main thread can install signal handlers; elsewhere a no-op."""
+
+    def __enter__(self):
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._old = signal.signal(signal.SIGINT, self._handle)
+            except ValueError:  # not the main interpreter thread
+                self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
 
 
 class Model:
@@ -261,41 +295,44 @@ class Model:
         return buf
 
     # -- steps ---------------------------------------------------------------------------------
-    def _loss_grad(self, out, yb):
-        grad = self._batch_buffers.get(("dout", out.shape))
-        if grad is None:
-            grad = self._batch_buffers[("dout", out.shape)] = np.empty(out.shape, out.dtype)
+    def _loss_grad(self, out, yb, wb=None, need_grad=True):
+        """Mean loss of a batch (plus regularization) and dL/dout in a reused buffer."""
+        grad = None
+        if need_grad or self._fused_softmax:
+            grad = self._batch_buffers.get(("dout", out.shape))
+            if grad is None:
+                grad = self._batch_buffers[("dout", out.shape)] = np.empty(out.shape, out.dtype)
+        kwargs = {} if wb is None else {"sample_weight": wb}
         if self._fused_softmax:
-            loss = loss_ops.softmax_crossentropy_fused_grad(out, yb, grad_out=grad)
+            loss = loss_ops.softmax_crossentropy_fused_grad(out, yb, grad_out=grad, **kwargs)
         else:
-            loss = self.loss.compute(out, yb, grad)
+            loss = self.loss.compute(out, yb, grad, **kwargs)
         return float(loss), grad
 
-    def _train_step(self, xb, yb):
+    def _train_step(self, xb, yb, wb=None):
         out = self._forward(xb, training=True)
-        loss, grad = self._loss_grad(out, yb)
-        if not np.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {loss}; check the inputs and lower the learning rate")
+        loss, grad = self._loss_grad(out, yb, wb)
         self._backward(grad)
         n = self._n_trainable
         self.optimizer.apply(self._flat_params[:n], self._flat_grads[:n], self._segments)
         for m in self.metrics:
-            m.update_state(yb, out)
+            _update_metric(m, yb, out, wb)
         return loss
 
-    def train_on_batch(self, x, y, return_dict=False):
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         """One optimizer step on (x, y); returns the loss (and metrics) of this batch."""
         self._require_compiled("train_on_batch")
         x, y = self._prepare_xy(x, y, "train_on_batch")
+        w = self._prepare_weights(sample_weight, class_weight, y, x.shape[0], "train_on_batch")
         for m in self.metrics:
             m.reset_state()
-        loss = self._train_step(self._batch(x, slice(0, x.shape[0]), "x"), y)
+        loss = self._train_step(self._batch(x, slice(0, x.shape[0]), "x"), y, w)
         return self._result(loss, return_dict)
 
-    def test_on_batch(self, x, y, return_dict=False):
+    def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
         """Loss (and metrics) of (x, y) without updating the weights."""
-        return self.evaluate(x, y, batch_size=max(len(x), 1), verbose=0, return_dict=return_dict)
+        return self.evaluate(x, y, batch_size=max(len(x), 1), verbose=0,
+                             sample_weight=sample_weight, return_dict=return_dict)
 
     def predict_on_batch(self, x):
         """Model outputs for one batch, as a new array."""
@@ -310,12 +347,48 @@ class Model:
         return loss if not self.metrics else [loss] + [logs[m.name] for m in self.metrics]
 
     # -- fit -----------------------------------------------------------------------------------
+    def _prepare_weights(self, sample_weight, class_weight, y, n, what):
+        """Per-sample weights (n,) from ``sample_weight`` and/or ``class_weight``, or None."""
+        w = None
+        if sample_weight is not None:
+            w = np.asarray(sample_weight)
+            if w.dtype.kind not in "fiub" or w.ndim != 1 or w.shape[0] != n:
+                raise ValueError(f"{what}: sample_weight must be a 1-D array of {n} numbers "
+                                 f"(one per sample), got {w.dtype} {w.shape}")
+            w = np.ascontiguousarray(w, dtype=self.dtype)
+            if not np.isfinite(w).all() or (w < 0).any():
+                raise ValueError(f"{what}: sample_weight must be finite and >= 0")
+        if class_weight is not None:
+            if not isinstance(class_weight, dict):
+                raise TypeError(f"{what}: class_weight must be a dict {{class: weight}}")
+            if y.ndim != 1 or y.dtype.kind not in "iu":
+                labels = np.argmax(y.reshape(n, -1), axis=1) if y.ndim == 2 and y.shape[1] > 1 \
+                    else np.rint(y.reshape(n)).astype(np.int64)
+            else:
+                labels = y
+            table = np.ones(int(labels.max()) + 1 if labels.size else 1, dtype=self.dtype)
+            for k, v in class_weight.items():
+                if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+                    raise ValueError(f"{what}: class_weight keys must be class indices >= 0, "
+                                     f"got {k!r}")
+                if not isinstance(v, numbers.Real) or not np.isfinite(v) or v < 0:
+                    raise ValueError(f"{what}: class_weight[{k}] must be a finite number >= 0")
+                if k < table.size:
+                    table[k] = v
+            cw = table[labels]
+            w = cw if w is None else w * cw
+        return w
+
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None):
         """Train for ``epochs`` passes over (x, y); returns a History.
 
         x (samples, *input_shape) of any real dtype and memory layout (converted one batch at a
-        time); y integer labels (samples,) or targets shaped like the output.
+        time); y integer labels (samples,) or targets shaped like the output.  ``sample_weight``
+        (samples,) and ``class_weight`` {class: weight} weight each sample's loss (Keras:
+        sum(w * loss) / batch size).  ``steps_per_epoch`` batches make an epoch (the data are
+        reshuffled whenever they run out).  Ctrl-C stops after the current batch and returns.
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size)
@@ -323,12 +396,17 @@ class Model:
         for name, v in (("epochs", epochs), ("initial_epoch", initial_epoch)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(
+                steps_per_epoch, numbers.Integral) or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be a positive integer or None, "
+                             f"got {steps_per_epoch!r}")
         if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
                 or not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
         x, y = self._prepare_xy(x, y, "fit")
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ValueError("fit: x holds NaN or infinite values")
+        weights = self._prepare_weights(sample_weight, class_weight, y, x.shape[0], "fit")
         if validation_data is None and validation_split:
             split = int(x.shape[0] * (1.0 - validation_split))  # Keras: the last fraction
             if split < 1 or split >= x.shape[0]:
@@ -336,62 +414,85 @@ class Model:
                                  f"validation samples out of {x.shape[0]}")
             validation_data = (x[split:], y[split:])
             x, y = x[:split], y[:split]
+            weights = weights[:split] if weights is not None else None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a tuple (x_val, y_val)")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be a tuple (x_val, y_val[, sample_weight])")
             val_x, val_y = self._prepare_xy(validation_data[0], validation_data[1],
                                             "fit(validation_data)")
+            val_w = self._prepare_weights(validation_data[2] if len(validation_data) == 3
+                                          else None, None, val_y, val_x.shape[0],
+                                          "fit(validation_data)")
 
         n = x.shape[0]
-        steps = -(-n // batch_size)
+        batches_per_pass = -(-n // batch_size)
+        steps = steps_per_epoch or batches_per_pass
         history = History()
-        cbs = CallbackList([history] + list(callbacks or []), self,
+        cbs = CallbackList(list(callbacks or []) + [history], self,  # History last, as Keras
                            {"epochs": epochs, "steps": steps, "verbose": verbose})
         self.stop_training = False
         rng = get_rng()
-        cbs.on_train_begin()
         self._train_seconds, self._train_samples = 0.0, 0
-        for epoch in range(initial_epoch, epochs):
-            if self.stop_training:
-                break
-            cbs.on_epoch_begin(epoch)
-            if verbose:
-                print(f"Epoch {epoch + 1}/{epochs}")
-            bar = Progbar(steps, verbose=verbose)
-            order = rng.permutation(n) if shuffle else None
-            for m in self.metrics:
-                m.reset_state()
-            loss_sum, seen = 0.0, 0
-            t0 = time.perf_counter()
-            for step in range(steps):
-                lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
-                idx = order[lo:hi] if order is not None else slice(lo, hi)
-                xb = self._batch(x, idx, "x")
-                yb = self._batch(y, idx, "y")
-                cbs.on_train_batch_begin(step)
-                loss = self._train_step(xb, yb)
-                loss_sum += loss * (hi - lo)
-                seen += hi - lo
-                logs = [("loss", loss_sum / seen)] + [(m.name, m.result()) for m in self.metrics]
-                cbs.on_train_batch_end(step, dict(logs))
-                bar.update(step + 1, logs)
-            self._train_seconds += time.perf_counter() - t0
-            self._train_samples += seen
-            epoch_logs = {"loss": loss_sum / max(seen, 1)}
-            for m in self.metrics:
-                epoch_logs[m.name] = float(m.result())
-            if validation_data is not None:
-                val = self._evaluate_arrays(val_x, val_y, batch_size)
-                epoch_logs.update({f"val_{k}": v for k, v in val.items()})
+        stream = {"order": None, "next": batches_per_pass}  # position in the current pass
+        with _StopOnInterrupt() as interrupt:
+            cbs.on_train_begin({})
+            for epoch in range(initial_epoch, epochs):
+                if self.stop_training:
+                    break
+                cbs.on_epoch_begin(epoch, {})
                 if verbose:
-                    print("   " + " - ".join(f"val_{k}: {v:.4f}" for k, v in val.items()))
-            cbs.on_epoch_end(epoch, epoch_logs)
-        cbs.on_train_end()
+                    print(f"Epoch {epoch + 1}/{epochs}")
+                bar = Progbar(steps, verbose=verbose)
+                if steps_per_epoch is None:
+                    stream["next"] = batches_per_pass  # each epoch is one fresh pass
+                for m in self.metrics:
+                    m.reset_state()
+                loss_sum, seen = 0.0, 0
+                t0 = time.perf_counter()
+                for step in range(steps):
+                    if stream["next"] >= batches_per_pass:
+                        stream["order"] = rng.permutation(n) if shuffle else None
+                        stream["next"] = 0
+                    b = stream["next"]
+                    stream["next"] += 1
+                    lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+                    order = stream["order"]
+                    idx = order[lo:hi] if order is not None else slice(lo, hi)
+                    xb = self._batch(x, idx, "x")
+                    yb = self._batch(y, idx, "y")
+                    wb = self._batch(weights, idx, "w") if weights is not None else None
+                    cbs.on_train_batch_begin(step, {})
+                    loss = self._train_step(xb, yb, wb)
+                    loss_sum += loss * (hi - lo)
+                    seen += hi - lo
+                    logs = [("loss", loss_sum / seen)] + [(m.name, m.result())
+                                                          for m in self.metrics]
+                    cbs.on_train_batch_end(step, dict(logs))
+                    bar.update(step + 1, logs)
+                    if interrupt.requested or self.stop_training:
+                        break
+                self._train_seconds += time.perf_counter() - t0
+                self._train_samples += seen
+                if interrupt.requested:
+                    print(f"\nInterrupted: training stopped after batch {step + 1} of epoch "
+                          f"{epoch + 1}; the model holds the weights of that step.")
+                    self.stop_training = True
+                    break
+                epoch_logs = {"loss": loss_sum / max(seen, 1)}
+                for m in self.metrics:
+                    epoch_logs[m.name] = float(m.result())
+                if validation_data is not None:
+                    val = self._evaluate_arrays(val_x, val_y, batch_size, weights=val_w)
+                    epoch_logs.update({f"val_{k}": v for k, v in val.items()})
+                    if verbose:
+                        print("   " + " - ".join(f"val_{k}: {v:.4f}" for k, v in val.items()))
+                cbs.on_epoch_end(epoch, epoch_logs)
+            cbs.on_train_end({})
         self.history = history
         return history
 
     # -- evaluate / predict ---------------------------------------------------------------------
-    def _evaluate_arrays(self, x, y, batch_size, verbose=0):
+    def _evaluate_arrays(self, x, y, batch_size, verbose=0, weights=None):
         metrics = [metrics_mod.get(m, self.loss, self._output_shape) for m in self._metric_ids]
         n = x.shape[0]
         steps = -(-n // batch_size)
@@ -401,23 +502,26 @@ class Model:
             lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
             out = self._forward(self._batch(x, slice(lo, hi), "x"), training=False)
             yb = y[lo:hi]
-            loss, _ = self._loss_grad(out, yb)
+            wb = weights[lo:hi] if weights is not None else None
+            loss, _ = self._loss_grad(out, yb, wb, need_grad=False)
             loss_sum += loss * (hi - lo)
             for m in metrics:
-                m.update_state(yb, out)
+                _update_metric(m, yb, out, wb)
             bar.update(step + 1, [("loss", loss_sum / hi)] + [(m.name, m.result()) for m in metrics])
         logs = {"loss": loss_sum / n}
         for m in metrics:
             logs[m.name] = float(m.result())
         return logs
 
-    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", return_dict=False):
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 return_dict=False):
         """Loss and metrics on (x, y): ``[loss, *metrics]`` (or the loss alone without metrics)."""
         self._require_compiled("evaluate")
         batch_size = _check_batch_size(batch_size)
         verbose = _check_verbose(verbose)
         x, y = self._prepare_xy(x, y, "evaluate")
-        logs = self._evaluate_arrays(x, y, batch_size, verbose)
+        weights = self._prepare_weights(sample_weight, None, y, x.shape[0], "evaluate")
+        logs = self._evaluate_arrays(x, y, batch_size, verbose, weights)
         if return_dict:
             return logs
         values = list(logs.values())
@@ -442,6 +546,23 @@ class Model:
         """Eager forward pass on a NumPy batch; returns a new array."""
         x = self._check_x(x, "call")
         return self._forward(self._batch(x, slice(0, x.shape[0]), "x"), training=training).copy()
+
+    # -- files ---------------------------------------------------------------------------------
+    def save_weights(self, filepath):
+        """Write every weight to ``filepath`` atomically (no pickle)."""
+        from fastnet import saving
+        saving.save_weights(self, filepath)
+
+    def load_weights(self, filepath):
+        """Read weights written by ``save_weights`` or ``save``; shapes are checked first."""
+        from fastnet import saving
+        saving.load_weights(self, filepath)
+
+    def save(self, filepath):
+        """Write the architecture, weights, compile settings and optimizer state atomically;
+        ``fastnet.models.load_model(filepath)`` reads it back."""
+        from fastnet import saving
+        saving.save_model(self, filepath)
 
     # -- summary -------------------------------------------------------------------------------
     def summary(self, print_fn=None):

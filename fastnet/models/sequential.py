@@ -85,3 +85,27 @@ class Sequential(Model):
             if dy is None:
                 break
         return dy
+
+    def get_config(self):
+        """Name, the layers' class names and configs, and the input shape once built."""
+        cfg = {"name": self.name,
+               "layers": [{"class_name": type(l).__name__, "config": l.get_config()}
+                          for l in self._layers]}
+        shape = self._input_shape_declared() or (self._input_shape if self.built else None)
+        if shape is not None:
+            cfg["input_shape"] = list(shape)
+        return cfg
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuild from ``get_config()``; layer classes are looked up among fastnet's own."""
+        from fastnet import layers as layers_mod
+        from fastnet.saving import _from_class_config
+        model = cls(name=config.get("name"))
+        if not isinstance(config.get("layers"), list):
+            raise ValueError("Sequential config needs a list of layers")
+        for entry in config["layers"]:
+            model.add(_from_class_config(layers_mod, Layer, entry))
+        if config.get("input_shape") is not None and not model.built:
+            model.build((None,) + tuple(config["input_shape"]))
+        return model
