@@ -6,9 +6,11 @@ script (table of medians, GFLOP/s, ratio to NumPy, fraction of FMA peak):
 The machine is shared: other processes on the second core wreck 2-thread timings (a descheduled
 OpenMP thread stalls the whole team), so check `uptime` first and compare medians of blocks.
 The script runs each library in fresh processes (interleaved, --blocks of them) so that the two
-thread pools never share a process: an idle OpenBLAS pool spins for a while after each call and
-takes the second core from OpenMP (and vice versa), which wrecks 2-thread timings.  In the
-pytest-benchmark mode both live in one process, so prefer the script for 2-thread numbers.
+thread pools never share a process: an idle OpenBLAS pool spins for about 0.1 s after each call
+(even one that only changed its thread count) and takes the second core from OpenMP, and vice
+versa, which wrecks 2-thread timings.  In the pytest-benchmark mode both live in one process
+(fastnet runs with OpenBLAS limited to 1 thread after a pause), so prefer the script for
+2-thread numbers.
 NumPy's thread count is set with threadpoolctl when it is installed (and OPENBLAS_NUM_THREADS in
 the script's workers).  For the fairest comparison unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
 in the benchmark command only.
@@ -23,7 +25,11 @@ import time
 
 import numpy as np
 
-import fastnet
+try:
+    import fastnet
+except ImportError:  # run as a script from a source checkout (built in place)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import fastnet
 from fastnet._kernels import gemm as G
 from fastnet.ops import matmul
 
@@ -77,10 +83,13 @@ def _callables(m, n, k, ta, tb):
 
 
 def _median_time(fn, min_time=0.2, reps=None):
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-7)
+    t_end = time.perf_counter() + 0.05  # warm up: thread pool, scratch buffers, clocks
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        once = max(time.perf_counter() - t0, 1e-7)
+        if t0 + once >= t_end:
+            break
     inner = max(1, int(0.02 / once))
     rounds = reps or max(5, min(50, int(min_time / (once * inner))))
     times = []
@@ -110,7 +119,10 @@ if pytest is not None:
         old = fastnet.get_num_threads()
         fastnet.set_num_threads(threads)
         try:
-            with _numpy_threads(threads):
+            # OpenBLAS's pool spins ~0.1 s after a call and would take a core from OpenMP.
+            with _numpy_threads(threads if lib == "numpy" else 1):
+                if lib == "fastnet":
+                    time.sleep(0.15)
                 benchmark(ours if lib == "fastnet" else theirs)
         finally:
             fastnet.set_num_threads(old)
@@ -125,7 +137,7 @@ def _worker(lib, threads, cases, min_time, reps):
     """Median seconds per case for one library in this (fresh) process."""
     fastnet.set_num_threads(threads)
     times = []
-    with _numpy_threads(threads):
+    with _numpy_threads(threads) if lib == "numpy" else contextlib.nullcontext():
         for _, m, n, k, ta, tb in cases:
             ours, theirs = _callables(m, n, k, ta, tb)
             times.append(_median_time(ours if lib == "fastnet" else theirs, min_time, reps))

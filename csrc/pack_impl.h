@@ -12,6 +12,10 @@
 #define PACK_COPY_DEFAULT
 #endif
 
+/* PACK_TRANSPOSE16(dst, ldd, src, lds, rows), optional: dst[q * ldd + j] = src[j * lds + q] for
+ * q < 16, j < rows (rows = 8 or 16), an in-register transpose for the packings that transpose
+ * (A stored M x K, B stored N x K). */
+
 #define PCAT_(a, b) a##b
 #define PCAT(a, b) PCAT_(a, b)
 #define P(name) PCAT(name##_, SUF)
@@ -31,6 +35,13 @@ static void P(pack_a)(int transa, const T *A, ptrdiff_t lda, ptrdiff_t mc, ptrdi
         } else if (mm == MR) {  /* a transpose of MR rows: blocks of 8 depth steps */
             const T *src = A + ir * lda;
             ptrdiff_t p = 0;
+#if defined(PACK_TRANSPOSE16)
+            if (MR % 8 == 0)
+                for (; p + 16 <= kc; p += 16)
+                    for (int r0 = 0; r0 < MR; r0 += 16)
+                        PACK_TRANSPOSE16(dst + p * MR + r0, MR, src + r0 * lda + p, lda,
+                                         MR - r0 >= 16 ? 16 : 8);
+#endif
             for (; p + 8 <= kc; p += 8) {
                 T tile[MR][8];
                 for (int i = 0; i < MR; ++i)
@@ -64,6 +75,13 @@ static void P(pack_b)(int transb, const T *B, ptrdiff_t ldb, ptrdiff_t nc, ptrdi
             const T *src = B + jr * ldb;
             ptrdiff_t p = 0;
             if (nn == NR) {
+#if defined(PACK_TRANSPOSE16)
+                if (NR % 8 == 0)
+                    for (; p + 16 <= kc; p += 16)
+                        for (int j0 = 0; j0 < NR; j0 += 16)
+                            PACK_TRANSPOSE16(dst + p * NR + j0, NR, src + j0 * ldb + p, ldb,
+                                             NR - j0 >= 16 ? 16 : 8);
+#endif
                 for (; p + 8 <= kc; p += 8) {
                     T tile[NR][8];
                     for (int j = 0; j < NR; ++j)

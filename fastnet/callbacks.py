@@ -63,6 +63,7 @@ class History(Callback):
             import matplotlib
             matplotlib.use("Agg", force=False)
             import matplotlib.pyplot as plt
+            from matplotlib.ticker import MaxNLocator
         except ImportError:
             raise ImportError("History.plot needs matplotlib: pip install matplotlib") from None
         if not self.history:
@@ -80,6 +81,7 @@ class History(Callback):
             if f"val_{name}" in self.history:
                 ax.plot(epochs, self.history[f"val_{name}"], "s--", label=f"validation {name}")
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)
             ax.legend()

@@ -118,14 +118,17 @@ def test_cnn_shapes_fused_epilogue(isa, m, n, k, ta, tb):
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (1.0, 1.0), (0.5, -0.75), (-2.0, 1.0)])
 def test_alpha_beta_bias_relu(isa, dtype, alpha, beta):
     rng = np.random.default_rng(3)
-    for m, n, k in [(37, 45, 29), (200, 70, 800), (25, 130, 3), (16, 1000, 300)]:
+    # (M, N, K, threads): the last two run split among 2 threads (by columns, by rows)
+    shapes = [(37, 45, 29, 1), (200, 70, 800, 1), (25, 130, 3, 1), (16, 1000, 300, 2),
+              (67, 300, 700, 2)]
+    for m, n, k, nthreads in shapes:
         for ta, tb in itertools.product((False, True), repeat=2):
             a, b = _operands(rng, m, n, k, ta, tb, dtype)
             c = rng.standard_normal((m, n)).astype(dtype)
             bias = rng.standard_normal(n).astype(dtype)
             for use_bias, relu in [(False, False), (True, False), (True, True), (False, True)]:
                 bb = bias if use_bias else None
-                got = _run(a, b, m, n, ta, tb, dtype, alpha, beta, c, bb, int(relu))
+                got = _run(a, b, m, n, ta, tb, dtype, alpha, beta, c, bb, int(relu), nthreads)
                 ref = _reference(a, b, ta, tb, alpha, beta, c, bb, relu)
                 _assert_close(got, ref, k, dtype)
 
@@ -318,6 +321,7 @@ def test_matmul_strided_inputs_and_out():
 def test_matmul_empty_and_thread_setting():
     z = matmul(np.ones((0, 3)), np.ones((3, 4)))
     assert z.shape == (0, 4)
+    assert matmul(np.ones((3, 2)), np.ones((2, 0)), out=np.empty((3, 0))).shape == (3, 0)
     z = matmul(np.ones((3, 0)), np.ones((0, 4)), bias=np.arange(4.0))
     np.testing.assert_array_equal(z, np.broadcast_to(np.arange(4.0), (3, 4)))
     old = fastnet.get_num_threads()
@@ -378,3 +382,9 @@ def test_matmul_bad_inputs():
     sq = np.ones((3, 3), np.float32)
     with pytest.raises(ValueError, match="out must not overlap a"):
         matmul(sq, sq.copy(), out=sq)
+    big = np.ones((8, 8), np.float32)
+    with pytest.raises(ValueError, match="out must not overlap b"):
+        matmul(sq, big[2:5, 3:6], out=big[4:7, 1:4])
+    with pytest.raises(ValueError, match="out must not overlap bias"):
+        matmul(sq, sq.copy(), bias=big[0, :3], out=big[:3, 2:5])
+    matmul(sq, big[:3, :3], bias=big[7, :3], out=big[3:6, :3])  # disjoint views of one buffer

@@ -4,10 +4,12 @@
  * (one zmm FMA per cycle) and Skylake-X (two), and 8 divides the batch-64 CNN's row counts
  * (64, 576, 7744, 43264) where 12 wastes up to 11% on a padded edge tile; measured faster on
  * every product here except M = 9, which the half-height edge instance handles.
- * Block sizes for Zen 4 / Skylake-X class cores (32-48 KiB L1d, 1-2 MiB L2):
- *   A micro-panel MR x KC: 8 x 384 x 4 B = 12 KiB (L1); B block KC x NC: 384 x 640 x 4 B
- *   = 960 KiB (L2); A block MC x KC: 3072 x 384 x 4 B = 4.5 MiB (L3; packed once
- *   per thread for M <= MC, so B is packed once per depth block). */
+ * Block sizes (f32), measured on Zen 4 (32 KiB L1d, 1 MiB L2 per core, 32 MiB L3):
+ *   A micro-panel MR x KC: 8 x 512 x 4 B = 16 KiB (L1); B block KC x NC: 512 x 640 x 4 B
+ *   = 1.25 MiB, streamed from L2 (KC = 512 beat 384 and 256 by 1-5% although this block
+ *   overflows the L2 a little: the C tile is reloaded less often); A block MC x KC:
+ *   3072 x 512 x 4 B = 6 MiB (L3; packed once per thread for M <= MC, so B is packed once
+ *   per depth block). */
 #include <immintrin.h>
 #include "gemm_internal.h"
 
@@ -21,6 +23,50 @@ FN_INLINE void copy_pad_s(float *dst, const float *src, int n, const int width)
         const int c = n - j < 0 ? 0 : n - j > w ? w : n - j;
         const __mmask16 lm = (__mmask16)((1u << c) - 1u), sm = (__mmask16)((1u << w) - 1u);
         _mm512_mask_storeu_ps(dst + j, sm, _mm512_maskz_loadu_ps(lm, src + j));
+    }
+}
+
+/* dst[q * ldd + j] = src[j * lds + q] for q < 16, j < rows (rows 8 or 16): a 16 x 16 transpose
+ * in registers (unpack 32-bit, unpack 64-bit, two 128-bit lane shuffles). */
+FN_INLINE void transpose16_s(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds,
+                             const int rows)
+{
+    __m512 r[16], t[16];
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j)
+        r[j] = j < rows ? _mm512_loadu_ps(src + j * lds) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+        const __m512d a0 = _mm512_castps_pd(t[4 * i]), a1 = _mm512_castps_pd(t[4 * i + 1]);
+        const __m512d a2 = _mm512_castps_pd(t[4 * i + 2]), a3 = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
+    }
+#pragma GCC unroll 16
+    for (int q = 0; q < 16; ++q) {
+        if (rows == 16) _mm512_storeu_ps(dst + q * ldd, r[q]);
+        else _mm256_storeu_ps(dst + q * ldd, _mm512_castps512_ps256(r[q]));
     }
 }
 
@@ -51,9 +97,11 @@ FN_INLINE void copy_pad_d(double *dst, const double *src, int n, const int width
 #define VMAX(x, y) _mm512_max_ps((x), (y))
 #define NR 32
 #define PACK_COPY(dst, src, n, width) copy_pad_s((dst), (src), (n), (width))
+#define PACK_TRANSPOSE16(dst, ldd, src, lds, rows) transpose16_s(dst, ldd, src, lds, rows)
 #include "kernel_impl.h"
 #include "pack_impl.h"
 #undef PACK_COPY
+#undef PACK_TRANSPOSE16
 #undef NR
 #undef T
 #undef VEC
@@ -96,6 +144,6 @@ FN_INLINE void copy_pad_d(double *dst, const double *src, int n, const int width
 const fn_gemm_table fn_table_avx512 = {
     "avx512",
     /* mr, nr, kc, mc, nc */
-    {MR, 32, 384, 3072, 640, packed_s, rows_s, cols_s, pack_a_s, pack_b_s},
+    {MR, 32, 512, 3072, 640, packed_s, rows_s, cols_s, pack_a_s, pack_b_s},
     {MR, 16, 256, 3072, 512, packed_d, rows_d, cols_d, pack_a_d, pack_b_d},
 };

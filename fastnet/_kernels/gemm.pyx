@@ -98,3 +98,34 @@ def blocking(str name, dtype):
     if fn_gemm_blocking(name.encode(), np.dtype(dtype) == np.float64, sizes) != 0:
         raise ValueError(f"isa must be one of {available_isas()}, got {name!r}")
     return dict(mr=sizes[0], nr=sizes[1], kc=sizes[2], mc=sizes[3], nc=sizes[4])
+
+
+cdef inline void _span(cnp.ndarray x, Py_ssize_t *lo, Py_ssize_t *hi) noexcept:
+    cdef Py_ssize_t start = <Py_ssize_t>cnp.PyArray_DATA(x), end = start, ext
+    cdef int d
+    for d in range(x.ndim):
+        ext = (x.shape[d] - 1) * x.strides[d]
+        if ext < 0:
+            start += ext
+        else:
+            end += ext
+    lo[0] = start
+    hi[0] = end + cnp.PyArray_ITEMSIZE(x)
+
+
+def first_overlap(cnp.ndarray out, a, b, bias):
+    """0, 1 or 2 if the memory span of ``out`` meets that of ``a``, ``b`` or ``bias`` (None is
+    skipped), else -1: the bounds test of numpy.may_share_memory, for ops to validate ``out``
+    in well under a microsecond."""
+    cdef Py_ssize_t lo, hi, xlo, xhi
+    cdef int i
+    if cnp.PyArray_SIZE(out) == 0:
+        return -1
+    _span(out, &lo, &hi)
+    for i, x in enumerate((a, b, bias)):
+        if x is None or cnp.PyArray_SIZE(<cnp.ndarray>x) == 0:
+            continue
+        _span(<cnp.ndarray>x, &xlo, &xhi)
+        if xlo < hi and lo < xhi:
+            return i
+    return -1

@@ -24,7 +24,8 @@ def _check_out(out, shape, dtype):
         raise ValueError("out must be writeable")
     item = out.itemsize
     s0, s1 = out.strides
-    if s1 != item or (shape[0] > 1 and (s0 <= 0 or s0 % item or s0 < shape[1] * item)):
+    if out.size and (s1 != item or (shape[0] > 1 and (s0 <= 0 or s0 % item
+                                                       or s0 < shape[1] * item))):
         raise ValueError(f"out must have unit stride along its last axis and a positive row "
                          f"stride of at least one row, got strides {out.strides}")
     return out
@@ -77,9 +78,9 @@ def matmul(a, b, *, bias=None, activation=None, transpose_a=False, transpose_b=F
         out = np.empty((m, n), dtype)
     else:
         out = _check_out(out, (m, n), dtype)
-        for x, name in ((a, "a"), (b, "b"), (bias, "bias")):
-            if x is not None and out.size and x.size and np.may_share_memory(out, x):
-                raise ValueError(f"out must not overlap {name}")
+        hit = _gemm.first_overlap(out, a, b, bias)  # numpy.may_share_memory, cheaper
+        if hit >= 0:
+            raise ValueError(f"out must not overlap {('a', 'b', 'bias')[hit]}")
     if m == 0 or n == 0:
         return out
     item = a.itemsize
