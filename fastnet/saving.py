@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 
+from fastnet import metrics as metrics_mod
 from fastnet.utils.files import atomic_path
 
 FORMAT = "fastnet"
@@ -141,7 +142,8 @@ def save_model(model, path):
         meta["compile"] = {
             "optimizer": _class_config(model.optimizer),
             "loss": _class_config(model.loss),
-            "metrics": [m if isinstance(m, str) else type(m).__name__ for m in model._metric_ids],
+            "metrics": [m if isinstance(m, str) else metrics_mod.serialize(m)
+                        for m in model._metric_ids],
         }
         state = model.optimizer.get_state() if hasattr(model.optimizer, "get_state") else {}
         meta["optimizer_state"] = {k: {"shape": list(np.shape(v)), "dtype": np.asarray(v).dtype.name}

@@ -1,14 +1,14 @@
 """fastnet.ops.losses against NumPy versions of the Keras 3 formulas, finite differences,
-thread-count determinism and bad inputs."""
+thread-count determinism and bad inputs (the Loss classes: test_losses.py)."""
 import numpy as np
 import pytest
 
 import fastnet
 from fastnet.ops import losses as loss_ops
 from fastnet.ops.losses import (
-    EPSILON, categorical_accuracy, categorical_crossentropy, mean_squared_error,
-    softmax_cross_entropy, softmax_crossentropy_fused_grad, sparse_accuracy,
-    sparse_categorical_crossentropy)
+    EPSILON, binary_crossentropy, categorical_accuracy, categorical_crossentropy, huber,
+    kl_divergence, mean_absolute_error, mean_squared_error, softmax_cross_entropy,
+    softmax_crossentropy_fused_grad, sparse_accuracy, sparse_categorical_crossentropy)
 
 DTYPES = [np.float32, np.float64]
 SHAPES = [(1, 1), (1, 5), (7, 1), (13, 10), (64, 10), (37, 300)]
@@ -304,7 +304,7 @@ def test_bad_inputs():
         softmax_cross_entropy(x, [0, 1, 2, 1])
     with pytest.raises(ValueError, match=r"labels must have shape \(4,\) or \(4, 1\)"):
         softmax_cross_entropy(x, labels[:3])
-    with pytest.raises(ValueError, match="logits must have 2 dimensions"):
+    with pytest.raises(ValueError, match="logits must have at least 2 dimensions"):
         softmax_cross_entropy(x.reshape(-1), labels)
     with pytest.raises(ValueError, match="at least one row"):
         softmax_cross_entropy(np.zeros((0, 3), np.float32), labels[:0])
@@ -342,3 +342,289 @@ def test_bad_inputs():
         softmax_crossentropy_fused_grad(x, np.zeros((4, 4), np.float32), g)
     with pytest.raises(ValueError, match="targets must have the shape of pred"):
         categorical_accuracy(x, np.zeros((4, 4), np.float32))
+
+
+# ---- sample weights, divisor, label smoothing, rank > 2 (cross-entropies) ----------------------
+
+def np_smooth(t, ls):
+    return t * (1 - ls) + ls / t.shape[-1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_crossentropy_weights_divisor_smoothing(dtype):
+    rng = np.random.default_rng(11)
+    for shape in [(1, 3), (9, 4), (64, 10)]:
+        x, labels, onehot = random_case(rng, shape, dtype)
+        n = shape[0]
+        w = rng.uniform(0, 2, n)
+        w[0] = 0.0
+        p = np_softmax(x.astype(np.float64)).astype(dtype)
+        for ls in (0.0, 0.2):
+            t = np_smooth(onehot.astype(np.float64), ls)
+            row_logits = (t * (np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True))
+                               - (x - x.max(1, keepdims=True)))).sum(1)
+            o = np.clip(p / p.sum(1, keepdims=True), EPSILON, 1 - EPSILON)
+            row_probs = -(t * np.log(o)).sum(1)
+            for divisor in (None, 1.0, 3.5):
+                d = n if divisor is None else divisor
+                kw = dict(sample_weight=w.astype(dtype), divisor=divisor)
+                np.testing.assert_allclose(
+                    categorical_crossentropy(x, onehot, from_logits=True, label_smoothing=ls,
+                                             **kw), (w * row_logits).sum() / d, **TOL[dtype])
+                np.testing.assert_allclose(
+                    categorical_crossentropy(p, onehot, from_logits=False, label_smoothing=ls,
+                                             **kw), (w * row_probs).sum() / d,
+                    rtol=TOL[dtype]["rtol"] * 10)
+                g = np.empty_like(x)
+                fused = softmax_crossentropy_fused_grad(p, onehot, g, label_smoothing=ls, **kw)
+                np.testing.assert_allclose(fused, (w * row_probs).sum() / d,
+                                           rtol=TOL[dtype]["rtol"] * 10)
+                g_ref = (p.astype(np.float64) * t.sum(1, keepdims=True) - t) * w[:, None] / d
+                np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7 if dtype ==
+                                           np.float32 else 1e-15)
+                if ls == 0:
+                    np.testing.assert_allclose(
+                        sparse_categorical_crossentropy(x, labels, from_logits=True, **kw),
+                        (w * row_logits).sum() / d, **TOL[dtype])
+                    np.testing.assert_allclose(
+                        sparse_categorical_crossentropy(p, labels, from_logits=False, **kw),
+                        (w * row_probs).sum() / d, rtol=TOL[dtype]["rtol"] * 10)
+                    gs = np.empty_like(x)
+                    assert softmax_crossentropy_fused_grad(p, labels, gs, **kw) == \
+                        sparse_categorical_crossentropy(p, labels, from_logits=False, **kw)
+                    np.testing.assert_allclose(gs, g, rtol=1e-6, atol=1e-7)
+
+
+def test_unit_weights_and_default_divisor_change_nothing():
+    rng = np.random.default_rng(12)
+    x, labels, onehot = random_case(rng, (37, 7), np.float32)
+    ones = np.ones(37, np.float32)
+    for exact, fn in ((True, lambda **k: softmax_cross_entropy(x, labels, **k)),
+                      (True, lambda **k: categorical_crossentropy(x, onehot, from_logits=True,
+                                                                  **k)),
+                      (False, lambda **k: mean_squared_error(x, onehot, **k)),
+                      (False, lambda **k: binary_crossentropy(x, onehot, from_logits=True,
+                                                              **k))):
+        g1, g2 = np.empty_like(x), np.empty_like(x)
+        a, b = fn(grad_out=g1), fn(grad_out=g2, sample_weight=ones, divisor=None)
+        # elementwise sums are cut at sample boundaries when weighted: same value up to the
+        # order of the float64 additions
+        assert a == b if exact else a == pytest.approx(b, rel=1e-14)
+        np.testing.assert_array_equal(g1, g2)
+
+
+def test_crossentropy_on_rank3_outputs_is_per_row():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 4, 5))
+    labels = rng.integers(0, 5, (3, 4))
+    onehot = np_onehot(labels, 5, np.float64)
+    w = np.array([0.5, 1.0, 2.0])
+    flat_w = np.repeat(w, 4)
+    g3, g2 = np.empty_like(x), np.empty((12, 5))
+    a = softmax_cross_entropy(x, labels, grad_out=g3, sample_weight=w)
+    # the same rows flattened, each row weighted by its sample's weight (flat_w via a 12-sample
+    # batch): identical per-row arithmetic
+    b = softmax_cross_entropy(x.reshape(12, 5), labels.reshape(12), grad_out=g2,
+                              sample_weight=flat_w)
+    assert a == b
+    np.testing.assert_array_equal(g3.reshape(12, 5), g2)
+    assert categorical_crossentropy(x, onehot, from_logits=True, sample_weight=w) == \
+        pytest.approx(a, rel=1e-13)
+    assert sparse_categorical_crossentropy(x, labels[..., None], from_logits=True) == \
+        softmax_cross_entropy(x, labels)
+
+
+# ---- elementwise losses ------------------------------------------------------------------------
+
+def np_elementwise(kind, p, t, delta=1.0, ls=0.0):
+    """Per-element value of each Keras elementwise loss, float64."""
+    p, t = p.astype(np.float64), t.astype(np.float64)
+    d = p - t
+    if kind == "mse":
+        return d * d
+    if kind == "mae":
+        return np.abs(d)
+    if kind == "huber":
+        return np.where(np.abs(d) <= delta, 0.5 * d * d, delta * np.abs(d) - 0.5 * delta ** 2)
+    t = t * (1 - ls) + 0.5 * ls
+    if kind == "bce":
+        q = np.clip(p, EPSILON, 1 - EPSILON)
+        return -(t * np.log(q) + (1 - t) * np.log(1 - q))
+    if kind == "bce_logits":
+        return np.maximum(p, 0) - p * t + np.log1p(np.exp(-np.abs(p)))
+    tc, pc = np.clip(t, EPSILON, 1), np.clip(p, EPSILON, 1)   # kld (no smoothing)
+    return tc * np.log(tc / pc)
+
+
+def np_reduce(values, w=None, divisor=None, mean_last=True):
+    """Keras: entries = mean (or sum) over the last axis, weighted per sample, summed, divided
+    by the number of entries (or ``divisor``)."""
+    v = values.reshape(values.shape[0], -1) if values.ndim == 1 else values
+    v = v.reshape(v.shape[0], -1, v.shape[-1]) if v.ndim > 2 else v.reshape(v.shape[0], 1, -1)
+    entries = v.mean(-1) if mean_last else v.sum(-1)
+    if w is not None:
+        entries = entries * w[:, None]
+    return entries.sum() / (entries.size if divisor is None else divisor)
+
+
+ELEMENTWISE = {
+    "mse": lambda p, t, **k: mean_squared_error(p, t, **k),
+    "mae": lambda p, t, **k: mean_absolute_error(p, t, **k),
+    "huber": lambda p, t, **k: huber(p, t, delta=0.7, **k),
+    "bce": lambda p, t, **k: binary_crossentropy(p, t, from_logits=False, **k),
+    "bce_ls": lambda p, t, **k: binary_crossentropy(p, t, from_logits=False,
+                                                    label_smoothing=0.3, **k),
+    "bce_logits": lambda p, t, **k: binary_crossentropy(p, t, from_logits=True, **k),
+    "bce_logits_ls": lambda p, t, **k: binary_crossentropy(p, t, from_logits=True,
+                                                           label_smoothing=0.1, **k),
+    "kld": lambda p, t, **k: kl_divergence(p, t, **k),
+}
+
+
+def elementwise_case(kind, rng, shape, dtype):
+    if kind.startswith("bce_logits"):
+        p = rng.standard_normal(shape) * 3
+    elif kind.startswith("bce"):
+        p = rng.uniform(0.02, 0.98, shape)
+    elif kind == "kld":
+        p = rng.uniform(0.05, 1.0, shape)
+    else:
+        p = rng.standard_normal(shape)
+    if kind.startswith("bce"):
+        t = rng.uniform(0, 1, shape)
+        t[..., ::2] = np.round(t[..., ::2])
+    elif kind == "kld":
+        t = rng.uniform(0, 1, shape)
+        t[..., ::3] = 0          # clipped to EPSILON
+    else:
+        t = rng.standard_normal(shape)
+    return p.astype(dtype), t.astype(dtype)
+
+
+def elementwise_ref(kind, p, t):
+    base = {"bce_ls": "bce", "bce_logits_ls": "bce_logits"}.get(kind, kind)
+    ls = {"bce_ls": 0.3, "bce_logits_ls": 0.1}.get(kind, 0.0)
+    return np_elementwise(base, p, t, delta=0.7, ls=ls), base != "kld"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", sorted(ELEMENTWISE))
+def test_elementwise_match_numpy(kind, dtype):
+    rng = np.random.default_rng(14)
+    fn = ELEMENTWISE[kind]
+    for shape in [(1,), (1, 1), (7, 1), (13, 5), (3, 4, 6), (5000, 3)]:
+        p, t = elementwise_case(kind, rng, shape, dtype)
+        values, mean_last = elementwise_ref(kind, p, t)
+        w = rng.uniform(0, 2, shape[0])
+        for weights, divisor in ((None, None), (w, None), (w, 2.5)):
+            ref = np_reduce(values, weights, divisor, mean_last)
+            g = np.empty_like(p)
+            kw = dict(sample_weight=None if weights is None else weights.astype(dtype),
+                      divisor=divisor)
+            loss = fn(p, t, grad_out=g, **kw)
+            assert isinstance(loss, float)
+            np.testing.assert_allclose(loss, ref, rtol=TOL[dtype]["rtol"] * 10,
+                                       atol=TOL[dtype]["atol"])
+            # without the gradient: the same value up to the order of the float64 sum (the
+            # SIMD loops with and without the gradient store may be vectorized differently)
+            assert fn(p, t, **kw) == pytest.approx(loss, rel=1e-14)
+
+
+@pytest.mark.parametrize("kind", sorted(ELEMENTWISE))
+def test_elementwise_gradients_match_finite_differences(kind):
+    rng = np.random.default_rng(15)
+    fn = ELEMENTWISE[kind]
+    for shape in [(4, 3), (2, 3, 2)]:
+        p, t = elementwise_case(kind, rng, shape, np.float64)
+        if kind in ("mae", "huber"):   # keep away from the kinks (d = 0, |d| = delta)
+            d = p - t
+            p = t + np.where(np.abs(np.abs(d) - 0.7) < 1e-3, d + 0.01, d)
+            p = np.where(np.abs(p - t) < 1e-3, t + 0.01, p)
+        w = rng.uniform(0.1, 2, shape[0])
+        for kw in ({}, {"sample_weight": w, "divisor": 1.0}):
+            g = np.empty_like(p)
+            fn(p, t, grad_out=g, **kw)
+            np.testing.assert_allclose(g, numeric_grad(lambda z: fn(z, t, **kw), p),
+                                       rtol=1e-6, atol=1e-9)
+
+
+def test_elementwise_clip_gradients_are_zero_where_clipped():
+    p = np.array([[0.0, 1.0, 0.5, -0.2, 1.3]])
+    t = np.array([[0.0, 1.0, 1.0, 0.5, 0.5]])
+    g = np.empty_like(p)
+    binary_crossentropy(p, t, from_logits=False, grad_out=g)
+    assert np.all(g[0, [0, 1, 3, 4]] == 0) and g[0, 2] != 0
+    kl_divergence(p, t, grad_out=g)
+    assert np.all(g[0, [0, 3, 4]] == 0) and np.all(g[0, [1, 2]] != 0)
+    # logits: no overflow for huge inputs
+    x = np.array([[-800.0, 800.0, 0.0]])
+    g = np.empty_like(x)
+    loss = binary_crossentropy(x, np.array([[1.0, 0.0, 1.0]]), from_logits=True, grad_out=g)
+    np.testing.assert_allclose(loss, (800 + 800 + np.log(2)) / 3)
+    np.testing.assert_allclose(g, [[-1 / 3, 1 / 3, -1 / 6]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_new_losses_threads_bitwise_identical(dtype, parallel):
+    rng = np.random.default_rng(16)
+    x, labels, onehot = random_case(rng, (301, 17), dtype)
+    p = np_softmax(x).astype(dtype)
+    w = rng.uniform(0, 2, 301).astype(dtype)
+    big_p = rng.uniform(0.01, 0.99, (20001, 5)).astype(dtype)
+    big_t = rng.uniform(0, 1, (20001, 5)).astype(dtype)
+    big_w = rng.uniform(0, 2, 20001).astype(dtype)
+
+    def run():
+        out = []
+        for fn in (
+            lambda g: softmax_cross_entropy(x, labels, grad_out=g, sample_weight=w),
+            lambda g: categorical_crossentropy(x, onehot, from_logits=True, grad_out=g,
+                                               label_smoothing=0.1, sample_weight=w),
+            lambda g: categorical_crossentropy(p, onehot, from_logits=False, grad_out=g,
+                                               sample_weight=w),
+            lambda g: softmax_crossentropy_fused_grad(p, onehot, g, label_smoothing=0.1,
+                                                      sample_weight=w),
+        ):
+            g = np.empty_like(x)
+            out.append((fn(g), g.tobytes()))
+        for fn in ELEMENTWISE.values():
+            g = np.empty_like(big_p)
+            out.append((fn(big_p, big_t, grad_out=g, sample_weight=big_w), g.tobytes()))
+        return out
+
+    fastnet.set_num_threads(1)
+    one = run()
+    fastnet.set_num_threads(2)
+    assert run() == one
+
+
+def test_bad_weights_divisor_and_options():
+    x = np.zeros((4, 3), np.float32)
+    labels = np.array([0, 1, 2, 1])
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(4,\)"):
+        softmax_cross_entropy(x, labels, sample_weight=np.ones(3))
+    with pytest.raises(TypeError, match="sample_weight must be a numpy.ndarray"):
+        mean_squared_error(x, x.copy(), sample_weight=[1, 1, 1, 1])
+    with pytest.raises(TypeError, match="sample_weight must hold real numbers"):
+        mean_squared_error(x, x.copy(), sample_weight=np.array(["a"] * 4))
+    with pytest.raises(ValueError, match="divisor must be > 0"):
+        mean_squared_error(x, x.copy(), divisor=0)
+    with pytest.raises(TypeError, match="divisor must be a real number"):
+        mean_squared_error(x, x.copy(), divisor="1")
+    with pytest.raises(ValueError, match="label_smoothing must be <= 1"):
+        categorical_crossentropy(x, x.copy(), from_logits=True, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="label_smoothing must be >= 0"):
+        binary_crossentropy(x, x.copy(), from_logits=True, label_smoothing=-0.1)
+    with pytest.raises(ValueError, match="label_smoothing needs dense"):
+        softmax_crossentropy_fused_grad(x, labels, np.empty_like(x), label_smoothing=0.1)
+    with pytest.raises(ValueError, match="delta must be > 0"):
+        huber(x, x.copy(), delta=0.0)
+    with pytest.raises(TypeError, match="from_logits must be a bool"):
+        binary_crossentropy(x, x.copy(), from_logits=None)
+    with pytest.raises(TypeError, match="target must have dtype float32"):
+        kl_divergence(x, x.astype(np.float64))
+    with pytest.raises(ValueError, match="pred must have at least one element"):
+        huber(np.zeros((0, 3)), np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="grad_out must not overlap target"):
+        t = x.copy()
+        mean_absolute_error(x, t, grad_out=t)

@@ -25,6 +25,7 @@ def small_cnn(dtype="float32", last="softmax", input_shape=(8, 8, 1)):
     ("sparse_categorical_crossentropy", "softmax"),  # fused softmax + cross-entropy path
     (losses.SparseCategoricalCrossentropy(from_logits=True), None),
     ("categorical_crossentropy", "softmax"),
+    (losses.CategoricalCrossentropy(label_smoothing=0.2), "softmax"),
     ("mse", "sigmoid"),
 ])
 def test_whole_model_gradient_matches_finite_differences(loss, last):
@@ -163,3 +164,19 @@ def test_classic_cnn_reaches_95_percent_on_bundled_digits():
     assert hist.history["loss"][-1] < hist.history["loss"][0]
     loss, acc = model.evaluate(x_test, y_test, verbose=0)
     assert acc >= 0.95, acc
+
+
+def test_per_class_and_instance_metrics():
+    from fastnet import metrics
+    model = small_cnn()
+    f1 = metrics.F1Score()
+    model.compile("adam", "sparse_categorical_crossentropy",
+                  metrics=["accuracy", f1, metrics.SparseTopKCategoricalAccuracy(k=2)])
+    x = np.random.default_rng(0).random((30, 8, 8, 1))
+    y = np.arange(30) % 3
+    hist = model.fit(x, y, epochs=2, batch_size=8, verbose=0, validation_data=(x, y))
+    assert hist.history["f1_score"][0].shape == (3,)
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    # evaluation uses fresh metric state: equal to the validation entry of the last epoch
+    np.testing.assert_allclose(logs["f1_score"], hist.history["val_f1_score"][-1])
+    assert logs["accuracy"] == pytest.approx(hist.history["val_accuracy"][-1])

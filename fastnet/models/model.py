@@ -5,6 +5,7 @@ and ``_backward(dy)``.  This class owns what does not depend on the graph: the f
 and gradient buffers (every layer's weights are views into them, so an optimizer step is one
 fused pass), the conversion of user data into batches, the loss, metrics and progress.
 """
+import copy
 import numbers
 import signal
 import threading
@@ -16,7 +17,6 @@ from fastnet import losses as losses_mod
 from fastnet import metrics as metrics_mod
 from fastnet import optimizers as optimizers_mod
 from fastnet.callbacks import CallbackList, History
-from fastnet.ops import losses as loss_ops
 from fastnet.utils.progbar import Progbar
 from fastnet.utils.random import get_rng
 
@@ -39,6 +39,12 @@ def _check_verbose(verbose):
     if verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
     return int(verbose)
+
+
+def _metric_value(metric):
+    """A metric's result for the logs: a float, or an array for per-class metrics."""
+    value = np.asarray(metric.result())
+    return float(value) if value.ndim == 0 else value.copy()
 
 
 def _update_metric(metric, y, out, w):
@@ -233,8 +239,7 @@ class Model:
         self.metrics = [metrics_mod.get(m, self.loss, self._output_shape)
                         for m in self._metric_ids]
         last = self.layers[-1]
-        self._fused_softmax = (isinstance(self.loss, losses_mod.SparseCategoricalCrossentropy)
-                               and not self.loss.from_logits
+        self._fused_softmax = (getattr(self.loss, "fuses_softmax", False)
                                and getattr(last, "activation", None) == "softmax")
         for layer in self.layers:
             layer.skip_activation_grad = False
@@ -304,7 +309,7 @@ class Model:
                 grad = self._batch_buffers[("dout", out.shape)] = np.empty(out.shape, out.dtype)
         kwargs = {} if wb is None else {"sample_weight": wb}
         if self._fused_softmax:
-            loss = loss_ops.softmax_crossentropy_fused_grad(out, yb, grad_out=grad, **kwargs)
+            loss = self.loss.compute_fused_softmax(out, yb, grad, **kwargs)
         else:
             loss = self.loss.compute(out, yb, grad, **kwargs)
         return float(loss), grad
@@ -341,7 +346,7 @@ class Model:
     def _result(self, loss, return_dict):
         logs = {"loss": loss}
         for m in self.metrics:
-            logs[m.name] = float(m.result())
+            logs[m.name] = _metric_value(m)
         if return_dict:
             return logs
         return loss if not self.metrics else [loss] + [logs[m.name] for m in self.metrics]
@@ -465,7 +470,7 @@ class Model:
                     loss = self._train_step(xb, yb, wb)
                     loss_sum += loss * (hi - lo)
                     seen += hi - lo
-                    logs = [("loss", loss_sum / seen)] + [(m.name, m.result())
+                    logs = [("loss", loss_sum / seen)] + [(m.name, _metric_value(m))
                                                           for m in self.metrics]
                     cbs.on_train_batch_end(step, dict(logs))
                     bar.update(step + 1, logs)
@@ -480,7 +485,7 @@ class Model:
                     break
                 epoch_logs = {"loss": loss_sum / max(seen, 1)}
                 for m in self.metrics:
-                    epoch_logs[m.name] = float(m.result())
+                    epoch_logs[m.name] = _metric_value(m)
                 if validation_data is not None:
                     val = self._evaluate_arrays(val_x, val_y, batch_size, weights=val_w)
                     epoch_logs.update({f"val_{k}": v for k, v in val.items()})
@@ -493,7 +498,11 @@ class Model:
 
     # -- evaluate / predict ---------------------------------------------------------------------
     def _evaluate_arrays(self, x, y, batch_size, verbose=0, weights=None):
-        metrics = [metrics_mod.get(m, self.loss, self._output_shape) for m in self._metric_ids]
+        # fresh copies: evaluation never mixes with the training epoch's running state
+        metrics = [copy.deepcopy(metrics_mod.get(m, self.loss, self._output_shape))
+                   for m in self._metric_ids]
+        for m in metrics:
+            m.reset_state()
         n = x.shape[0]
         steps = -(-n // batch_size)
         bar = Progbar(steps, verbose=verbose)
@@ -507,10 +516,11 @@ class Model:
             loss_sum += loss * (hi - lo)
             for m in metrics:
                 _update_metric(m, yb, out, wb)
-            bar.update(step + 1, [("loss", loss_sum / hi)] + [(m.name, m.result()) for m in metrics])
+            bar.update(step + 1, [("loss", loss_sum / hi)] + [(m.name, _metric_value(m))
+                                                              for m in metrics])
         logs = {"loss": loss_sum / n}
         for m in metrics:
-            logs[m.name] = float(m.result())
+            logs[m.name] = _metric_value(m)
         return logs
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,

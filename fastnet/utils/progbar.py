@@ -18,7 +18,13 @@ class Progbar:
         self._dynamic = hasattr(self.stream, "isatty") and self.stream.isatty()
 
     def _values_text(self, values):
-        return "".join(f" - {name}: {value:.4f}" for name, value in values)
+        parts = []
+        for name, value in values:
+            if getattr(value, "ndim", 0):  # per-class metrics: show their mean
+                value = float(value.mean()) if value.size else float("nan")
+                name = f"{name} (mean)"
+            parts.append(f" - {name}: {value:.4f}")
+        return "".join(parts)
 
     def update(self, step, values=(), finalize=False):
         """Redraw the bar at ``step`` (1-based) with the given (name, value) pairs."""
