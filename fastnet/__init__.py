@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 from fastnet.config import get_num_threads, set_num_threads  # noqa: F401,E402
 
 _SUBMODULES = ("activations", "callbacks", "config", "datasets", "initializers", "layers",
-               "losses", "metrics", "models", "ops", "optimizers", "utils")
+               "losses", "metrics", "models", "ops", "optimizers", "regularizers", "saving",
+               "schedules", "utils")
 
 
 def __getattr__(name):

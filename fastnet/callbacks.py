@@ -292,6 +292,10 @@ class ReduceLROnPlateau(_Monitor):
         self.cooldown, self.min_lr = int(cooldown), float(min_lr)
 
     def on_train_begin(self, logs=None):
+        from fastnet.schedules import LearningRateSchedule
+        if isinstance(getattr(self.model.optimizer, "_learning_rate", None), LearningRateSchedule):
+            raise TypeError("ReduceLROnPlateau needs an optimizer with a float learning_rate, "
+                            "not a LearningRateSchedule")
         self.best, self.wait, self.cooldown_counter = None, 0, 0
 
     def on_epoch_end(self, epoch, logs=None):

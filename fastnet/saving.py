@@ -22,7 +22,10 @@ _MAX_META_BYTES = 16 << 20
 def _npy_bytes(arr):
     import io
     buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    arr = np.asarray(arr)
+    if not arr.flags.c_contiguous:  # (ascontiguousarray would turn a 0-d array into 1-d)
+        arr = arr.copy(order="C")
+    np.lib.format.write_array(buf, arr, allow_pickle=False)
     return buf.getvalue()
 
 

@@ -189,7 +189,7 @@ def test_empty_and_zero_d():
 def test_bad_inputs():
     x = np.ones((2, 3), np.float32)
     with pytest.raises(ValueError, match="name must be one of"):
-        activation_forward("gelu", x)
+        activation_forward("mish", x)
     with pytest.raises(TypeError, match="name must be a string"):
         activation_forward(None, x)
     with pytest.raises(TypeError, match="x must be a numpy.ndarray"):
@@ -221,3 +221,163 @@ def test_callers_floating_point_mode_is_restored(two_threads):
         assert np.all(activation_forward("sigmoid", x) == 0)
         assert np.float32(1e-38) * np.float32(1e-3) != 0
         assert np.array([1e-40], np.float32)[0] * 2 != 0
+
+
+# ----------------------------------------------------------------- softplus, swish, gelu, elu...
+NEW = ["softplus", "swish", "gelu", "gelu_tanh", "elu", "leaky_relu"]
+ALPHA = {"elu": 0.7, "leaky_relu": 0.15}
+
+
+def ref64(name, x, alpha=None):
+    """(f(x), f'(x)) in float64 from the textbook formulas (scipy for erf)."""
+    from scipy import special
+    x = x.astype(np.float64)
+    s = special.expit(x)
+    if name == "softplus":
+        return np.logaddexp(0.0, x), s
+    if name == "swish":
+        return x * s, s * (1 + x * (1 - s))
+    if name == "gelu":
+        cdf = 0.5 * special.erfc(-x / np.sqrt(2))
+        return x * cdf, cdf + x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi)
+    if name == "gelu_tanh":
+        c = np.sqrt(2 / np.pi)
+        t = np.tanh(c * (x + 0.044715 * x ** 3))
+        du = c * (1 + 3 * 0.044715 * x * x)
+        return 0.5 * x * (1 + t), 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du
+    a = {"elu": 1.0, "leaky_relu": 0.2}[name] if alpha is None else alpha
+    if name == "elu":
+        neg = np.minimum(x, 0)
+        return np.where(x > 0, x, a * np.expm1(neg)), np.where(x > 0, 1.0, a * np.exp(neg))
+    return np.where(x > 0, x, a * x), np.where(x > 0, 1.0, a)
+
+
+@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_new_activations_match_reference(name, dtype):
+    rng = np.random.default_rng([NEW.index(name), np.dtype(dtype).itemsize])
+    for scale in (1e-3, 1.0, 6.0):
+        x = (rng.standard_normal((37, 29)) * scale).astype(dtype)
+        for alpha in ((None, ALPHA[name]) if name in ALPHA else (None,)):
+            y = activation_forward(name, x, alpha=alpha)
+            ref, dref = ref64(name, x, alpha)
+            dy = rng.standard_normal(x.shape).astype(dtype)
+            dx = activation_backward(name, dy, y, x=x, alpha=alpha)
+            if dtype == np.float64:
+                # gelu_tanh's 1 + tanh(u) cancels for x < 0 (in every implementation)
+                atol = 1e-15 * scale if name == "gelu_tanh" else 1e-300
+                np.testing.assert_allclose(y, ref, rtol=1e-13, atol=atol)
+                np.testing.assert_allclose(dx, dy * dref, rtol=1e-12,
+                                           atol=max(atol, 1e-15) * 10 * np.abs(dy).max())
+            else:
+                # a few ulp of the result; gelu's erfc rounds z**2 (1e-6 relative at |x| ~ 6)
+                rtol = 2e-6 if name in ("gelu", "gelu_tanh") else 5e-7
+                np.testing.assert_allclose(y, ref, rtol=rtol, atol=2e-7 * scale)
+                # elu's derivative y + alpha (from y) and cancellations: absolute in |dy|
+                np.testing.assert_allclose(dx, dy * dref, rtol=2e-6, atol=3e-7 * np.abs(dy).max())
+
+
+def test_new_activations_match_pytorch():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(5).standard_normal((8, 50)) * 4
+    t = torch.tensor(x)
+    F = torch.nn.functional
+    cases = {"softplus": F.softplus(t), "swish": F.silu(t), "gelu": F.gelu(t),
+             "gelu_tanh": F.gelu(t, approximate="tanh"), "elu": F.elu(t),
+             "leaky_relu": F.leaky_relu(t, 0.2)}
+    for name, ref in cases.items():
+        np.testing.assert_allclose(activation_forward(name, x), ref.numpy(), rtol=1e-12,
+                                   atol=1e-15, err_msg=name)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_new_backward_matches_finite_differences(name):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 6)) * 2
+    x = np.where(np.abs(x) < 0.05, 0.3, x)     # keep clear of the kinks of elu / leaky_relu
+    w = rng.standard_normal(x.shape)
+    alpha = ALPHA.get(name)
+    y = activation_forward(name, x, alpha=alpha)
+    analytic = activation_backward(name, w, y, x=x, alpha=alpha)
+    h = 1e-6
+    numeric = np.empty_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        numeric[i] = ((w * activation_forward(name, xp, alpha=alpha)).sum()
+                      - (w * activation_forward(name, xm, alpha=alpha)).sum()) / (2 * h)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", NEW + ["silu"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_new_threads_bitwise_identical_and_in_place(name, dtype, two_threads):
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((257, 131)) * 3).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    y2 = activation_forward(name, x)
+    dx2 = activation_backward(name, dy, y2, x=x)
+    fastnet.set_num_threads(1)
+    y1 = activation_forward(name, x)
+    dx1 = activation_backward(name, dy, y1, x=x)
+    fastnet.set_num_threads(2)
+    assert y1.tobytes() == y2.tobytes() and dx1.tobytes() == dx2.tobytes()
+    buf = x.copy()
+    activation_forward(name, buf, out=buf)
+    assert buf.tobytes() == y1.tobytes()
+    g = dy.copy()
+    activation_backward(name, g, y1, x=x, out=g)
+    assert g.tobytes() == dx1.tobytes()
+
+
+def test_new_extremes_and_special_values():
+    for dtype in DTYPES:
+        x = np.array([-1e4, -100.0, -30.0, -0.0, 0.0, 30.0, 100.0, 1e4, np.inf, -np.inf],
+                     dtype=dtype)
+        with np.errstate(all="raise"):
+            sp = activation_forward("softplus", x)
+            sw = activation_forward("swish", x)
+            ge = activation_forward("gelu", x)
+            el = activation_forward("elu", x)
+        assert sp[0] == 0 and sp[7] == 1e4 and sp[8] == np.inf and sp[9] == 0
+        assert sw[0] == 0 and sw[7] == 1e4 and sw[8] == np.inf
+        assert ge[0] == 0 and ge[7] == 1e4 and ge[3] == 0 and ge[4] == 0
+        np.testing.assert_array_equal(el[[0, 1, 9]], [-1, -1, -1])
+        assert el[7] == 1e4
+        np.testing.assert_allclose(sp[5], 30 + np.exp(-30.0), rtol=1e-6)
+        np.testing.assert_allclose(activation_forward("softplus", np.array([-30.0], dtype)),
+                                   [np.exp(-30.0)], rtol=1e-6)
+
+
+def test_new_backward_needs_x_and_checks_alpha():
+    x = np.ones((2, 3), np.float32)
+    for name in ("softplus", "swish", "silu", "gelu", "gelu_tanh"):
+        with pytest.raises(ValueError, match="x \\(the forward input\\) is required"):
+            activation_backward(name, x, x)
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
+        activation_forward("leaky_relu", x, alpha=-0.1)
+    with pytest.raises(TypeError, match="alpha must be a real number"):
+        activation_forward("elu", x, alpha="1")
+    np.testing.assert_array_equal(activation_forward("leaky_relu", -x), -0.2 * x)  # Keras 3 default
+    np.testing.assert_allclose(activation_forward("elu", -x), np.expm1(-1.0) * x, rtol=1e-6)
+
+
+def test_activations_module_names_and_functions():
+    from fastnet import activations
+    assert activations.get("silu") == "swish" and activations.get("SWISH") == "swish"
+    assert activations.get("linear") is None and activations.get(None) is None
+    assert activations.get(activations.gelu) == "gelu"
+    for name in ("softplus", "swish", "silu", "gelu", "elu", "leaky_relu", "relu", "softmax"):
+        assert activations.get(name) in act_ops.ACTIVATIONS
+    with pytest.raises(ValueError, match="unknown activation"):
+        activations.get("mish")
+    x = np.linspace(-3, 3, 13)
+    np.testing.assert_allclose(activations.gelu(x, approximate=True),
+                               activation_forward("gelu_tanh", x))
+    np.testing.assert_allclose(activations.leaky_relu(x, negative_slope=0.5),
+                               np.where(x > 0, x, 0.5 * x))
+    np.testing.assert_allclose(activations.elu(x, alpha=2.0),
+                               np.where(x > 0, x, 2 * np.expm1(x)), rtol=1e-14)
+    np.testing.assert_allclose(activations.silu(x), activations.swish(x))
+    np.testing.assert_allclose(activations.softplus(x), np.logaddexp(0, x), rtol=1e-14)

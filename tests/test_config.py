@@ -48,8 +48,16 @@ def test_fastnet_info_runs(tmp_path):
 
 
 def test_fastnet_demo_prints_accuracy_and_throughput(tmp_path):
-    out = _run(["-m", "fastnet.cli", "demo", "--epochs", "1", "--quiet", "--threads", "1"],
+    plot = []
+    try:
+        import matplotlib  # noqa: F401
+        plot = ["--plot", str(tmp_path / "curves.png")]
+    except ImportError:
+        pass
+    out = _run(["-m", "fastnet.cli", "demo", "--epochs", "1", "--quiet", "--threads", "1"] + plot,
                tmp_path)
+    if plot:
+        assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     lines = out.stdout.splitlines()
     acc = [l for l in lines if l.startswith("test accuracy:")]
     assert acc and float(acc[0].split(":")[1]) > 0.5

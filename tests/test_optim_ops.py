@@ -7,7 +7,7 @@ import pytest
 
 import fastnet
 from fastnet.ops import optim as optim_ops
-from fastnet.ops.optim import adam_update, sgd_update
+from fastnet.ops.optim import adagrad_update, adam_update, rmsprop_update, sgd_update
 
 DTYPES = [np.float32, np.float64]
 SIZES = [1, 7, 64, 1000, 100_003]
@@ -187,3 +187,151 @@ def test_bad_inputs():
         sgd_update(p, g, ro, lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match="lr must be finite"):
         sgd_update(p, g, lr=math.nan)
+
+
+# ---- RMSprop, Adagrad, AMSGrad and the shared options -------------------------------------------
+
+def np_rmsprop(p, g, vel, mom, avg, lr, rho, momentum, epsilon, centered):
+    """Keras 3 RMSprop.update_step in NumPy, in the buffers' dtype."""
+    t = p.dtype.type
+    lr, rho, omr, momentum, eps = t(lr), t(rho), t(1 - rho), t(momentum), t(epsilon)
+    vel[...] = rho * vel + omr * (g * g)
+    if centered:
+        avg[...] = rho * avg + omr * g
+        den = (vel - avg * avg) + eps
+    else:
+        den = vel + eps
+    inc = (lr * g) / np.sqrt(den)
+    if momentum > 0:
+        mom[...] = momentum * mom + inc
+        p -= mom
+    else:
+        p -= inc
+
+
+def np_adagrad(p, g, acc, lr, epsilon):
+    """Keras 3 Adagrad.update_step in NumPy, in the buffers' dtype."""
+    t = p.dtype.type
+    acc += g * g
+    p -= (t(lr) * g) / np.sqrt(acc + t(epsilon))
+
+
+def np_amsgrad(p, g, m, v, v_hat, lr, beta_1, beta_2, epsilon, step):
+    t = p.dtype.type
+    lr_t = t(lr * math.sqrt(1 - beta_2 ** step) / (1 - beta_1 ** step))
+    m += (g - m) * t(1 - beta_1)
+    v += (g * g - v) * t(1 - beta_2)
+    np.maximum(v_hat, v, out=v_hat)
+    p -= (m * lr_t) / (np.sqrt(v_hat) + t(epsilon))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum,centered", [(0.0, False), (0.9, False), (0.0, True),
+                                               (0.5, True)])
+def test_rmsprop_matches_keras_formula(dtype, momentum, centered, parallel):
+    rng = np.random.default_rng(5)
+    for nthreads in (1, 2):
+        fastnet.set_num_threads(nthreads)
+        for n in SIZES:
+            p, = buffers(rng, n, dtype, 1)
+            vel, mom, avg = (np.zeros(n, dtype) for _ in range(3))
+            ref = [p.copy(), vel.copy(), mom.copy(), avg.copy()]
+            for _ in range(4):
+                g = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 2)).astype(dtype)
+                rmsprop_update(p, g, vel, mom if momentum else None, avg if centered else None,
+                               lr=0.01, rho=0.8, momentum=momentum, epsilon=1e-6,
+                               centered=centered)
+                np_rmsprop(*ref[:1], g, *ref[1:], 0.01, 0.8, momentum, 1e-6, centered)
+            for got, want in zip((p, vel, mom, avg), ref):
+                np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adagrad_and_amsgrad_match_keras_formulas(dtype, parallel):
+    rng = np.random.default_rng(6)
+    for nthreads in (1, 2):
+        fastnet.set_num_threads(nthreads)
+        for n in SIZES:
+            p, = buffers(rng, n, dtype, 1)
+            acc = np.full(n, 0.1, dtype)
+            q, m, v, vh = p.copy(), *(np.zeros(n, dtype) for _ in range(3))
+            ref = [p.copy(), acc.copy(), q.copy(), m.copy(), v.copy(), vh.copy()]
+            for step in range(1, 5):
+                g = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 2)).astype(dtype)
+                adagrad_update(p, g, acc, lr=0.05, epsilon=1e-6)
+                np_adagrad(ref[0], g, ref[1], 0.05, 1e-6)
+                adam_update(q, g, m, v, lr=0.01, step=step, amsgrad=True, v_hat=vh)
+                np_amsgrad(ref[2], g, *ref[3:], 0.01, 0.9, 0.999, 1e-7, step)
+            for got, want in zip((p, acc, q, m, v, vh), ref):
+                np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_shared_options_equal_a_transformed_gradient(dtype, parallel):
+    """grad_scale (per segment), clipvalue and weight_decay inside the pass are bitwise the
+    NumPy transformation followed by the plain rule, at 1 and 2 threads, also when a thread's
+    range starts inside a segment."""
+    rng = np.random.default_rng(7)
+    n = 5000
+    segments = [(0, 1000), (1000, 7), (1024, 2000), (3100, 1900)]   # gaps at 1007-1023, 3024-3099
+    scales = np.array([0.5, 1.0, 0.125, 2.0])
+    t = np.dtype(dtype).type
+    for nthreads in (1, 2):
+        fastnet.set_num_threads(nthreads)
+        p0, g = (b * 3 for b in buffers(rng, n, dtype, 2))
+        g_ref = g.copy()
+        for (off, size), s in zip(segments, scales):
+            g_ref[off:off + size] = g_ref[off:off + size] * t(s)
+        g_ref = np.clip(g_ref, t(-1.5), t(1.5))
+        p, vel = p0.copy(), np.zeros(n, dtype)
+        sgd_update(p, g, vel, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.3,
+                   clipvalue=1.5, grad_scale=scales, segments=segments)
+        p_ref, vel_ref = p0 - (p0 * t(0.3)) * t(0.1), np.zeros(n, dtype)
+        np_sgd(p_ref, g_ref, vel_ref, 0.1, 0.9, True)
+        np.testing.assert_array_equal(p, p_ref)
+        np.testing.assert_array_equal(vel, vel_ref)
+        # one scale for the whole buffer
+        p = p0.copy()
+        sgd_update(p, g, lr=0.1, grad_scale=0.25)
+        np.testing.assert_array_equal(p, p0 - (g * t(0.25)) * t(0.1))
+
+
+def test_bad_inputs_new_ops():
+    n = 8
+    p, g, a, b, c = (np.zeros(n) for _ in range(5))
+    with pytest.raises(ValueError, match="v_hat is required"):
+        adam_update(p, g, a, b, lr=0.1, step=1, amsgrad=True)
+    with pytest.raises(TypeError, match="amsgrad must be a bool"):
+        adam_update(p, g, a, b, lr=0.1, step=1, amsgrad=1)
+    with pytest.raises(ValueError, match="momentum_buffer is required"):
+        rmsprop_update(p, g, a, lr=0.1, momentum=0.5)
+    with pytest.raises(ValueError, match="average_gradient is required"):
+        rmsprop_update(p, g, a, lr=0.1, centered=True)
+    with pytest.raises(ValueError, match=r"rho must be in \[0.0, 1.0\)"):
+        rmsprop_update(p, g, a, lr=0.1, rho=1.0)
+    with pytest.raises(ValueError, match="velocity and momentum_buffer must not overlap"):
+        rmsprop_update(p, g, a, a, lr=0.1, momentum=0.5)
+    with pytest.raises(ValueError, match="epsilon must be in"):
+        adagrad_update(p, g, a, lr=0.1, epsilon=-1.0)
+    with pytest.raises(ValueError, match="accumulator must have the shape"):
+        adagrad_update(p, g, np.zeros(3), lr=0.1)
+    with pytest.raises(ValueError, match="weight_decay must be in"):
+        sgd_update(p, g, lr=0.1, weight_decay=-0.1)
+    with pytest.raises(ValueError, match=r"clipvalue must be in \(0.0"):
+        sgd_update(p, g, lr=0.1, clipvalue=0.0)
+    with pytest.raises(ValueError, match="needs segments"):
+        sgd_update(p, g, lr=0.1, grad_scale=np.ones(2))
+    with pytest.raises(ValueError, match="2 scales for 1 segments"):
+        sgd_update(p, g, lr=0.1, grad_scale=np.ones(2), segments=[(0, 8)])
+    with pytest.raises(ValueError, match="grad_scale must be >= 0"):
+        sgd_update(p, g, lr=0.1, grad_scale=-1.0)
+    with pytest.raises(TypeError, match="grad_scale must be a real number"):
+        sgd_update(p, g, lr=0.1, grad_scale="2")
+    with pytest.raises(ValueError, match="does not fit"):
+        sgd_update(p, g, lr=0.1, segments=[(4, 5)])
+    with pytest.raises(ValueError, match="must not overlap"):
+        sgd_update(p, g, lr=0.1, segments=[(0, 5), (4, 2)])
+    with pytest.raises(TypeError, match="integer pairs"):
+        sgd_update(p, g, lr=0.1, segments=[(0, 5, 1)])
+    with pytest.raises(TypeError, match="list of"):
+        optim_ops.segment_norms(g, 5)

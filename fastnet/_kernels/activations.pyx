@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Activation kernels: relu, sigmoid, tanh (elementwise) and softmax (over rows), with backwards.
+"""Activation kernels: relu, sigmoid, tanh, softplus, swish, gelu (erf and tanh forms), elu,
+leaky_relu (elementwise) and softmax (over rows), with their backwards.
 
 Kernel design
 -------------
@@ -14,111 +15,49 @@ Every element, and every row of softmax, is computed the same way whatever the p
 the results do not depend on the thread count.  Each piece runs with flush-to-zero and
 denormals-are-zero set (and the caller's MXCSR restored), like the GEMM's workers.
 
+Backward passes read the forward OUTPUT y where it determines the derivative (relu, sigmoid,
+tanh, elu, leaky_relu, softmax) and the forward INPUT x otherwise (softplus, swish, gelu); see
+``NEEDS_INPUT``.  ``alpha`` is elu's alpha and leaky_relu's negative slope (>= 0, so that
+y > 0 exactly when x > 0), ignored by the others.
+
 In-place use: ``out`` may be the same buffer as ``x`` (forward) or ``dy`` (backward): each loop
 reads element i (or a whole row, before writing it) before writing element i, and the pointers
 are not declared ``restrict``.
 
-Numerics: sigmoid uses exp(-|x|) so it never overflows; softmax subtracts the row maximum.
-relu keeps NaN (x < 0 ? 0 : x).  float64 calls libm's exp/tanh.  float32 uses the branch-free
-``fn_expf``/``fn_tanhf`` below (about 2 ulp), because gcc cannot vectorize calls to libm's expf
-without -ffast-math and the scalar calls cost 5-10 ns per element, more than the memory traffic.
+Numerics: sigmoid uses exp(-|x|) so it never overflows; softplus is max(x, 0) + log1p(exp(-|x|));
+gelu is x/2 erfc(-x/sqrt 2) (no cancellation for negative x); softmax subtracts the row maximum.
+relu keeps NaN (x < 0 ? 0 : x).  float64 calls libm.  float32 uses the branch-free
+``fn_expf``/``fn_tanhf``/``fn_erfcf``... of ``_vecmath.pxd`` (a few ulp), because gcc cannot
+vectorize calls to libm's float functions without -ffast-math and the scalar calls cost
+5-10 ns per element, more than the memory traffic.
 """
 from cython.parallel cimport prange
 from cython cimport floating
 
+from fastnet._kernels._vecmath cimport fn_ftz_begin, fn_ftz_end, split_bound
+
 cdef extern from *:
     """
-    #include <math.h>
-    #include <stddef.h>
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \\
-        && defined(__GLIBC__) && __GNUC__ >= 11
-    #define FN_ACT_CLONES \\
-        __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-    #else
-    #define FN_ACT_CLONES
-    #endif
-    #if defined(__GNUC__) && !defined(__clang__)
-    /* Without it gcc will not if-convert the selects in sigmoid/exp below (a comparison could
-       raise an FP exception flag) and leaves the loops scalar except with AVX-512 masks.  The
-       kernels never read the exception flags. */
-    #define FN_ACT_NOTRAP __attribute__((optimize("no-trapping-math")))
-    #else
-    #define FN_ACT_NOTRAP
-    #endif
+    enum { FN_ACT_RELU = 0, FN_ACT_SIGMOID = 1, FN_ACT_TANH = 2, FN_ACT_SOFTPLUS = 3,
+           FN_ACT_SWISH = 4, FN_ACT_GELU = 5, FN_ACT_GELU_TANH = 6, FN_ACT_ELU = 7,
+           FN_ACT_LEAKY_RELU = 8 };
 
-    /* Flush-to-zero + denormals-are-zero while a kernel runs, restored after (as the GEMM's
-       workers do): denormal operands are slow and carry no information for training. */
-    #if defined(__x86_64__) || defined(_M_X64)
-    #include <xmmintrin.h>
-    static inline unsigned fn_ftz_begin(void)
-    {
-        unsigned csr = _mm_getcsr();
-        _mm_setcsr(csr | 0x8040u);
-        return csr;
-    }
-    static inline void fn_ftz_end(unsigned csr) { _mm_setcsr(csr); }
-    #else
-    static inline unsigned fn_ftz_begin(void) { return 0; }
-    static inline void fn_ftz_end(unsigned csr) { (void)csr; }
-    #endif
-    #include <stdint.h>
-    #include <string.h>
+    FN_VEC_INLINE double fn_expm1_neg(double x) { return expm1(x > 0.0 ? 0.0 : x); }
 
-    enum { FN_ACT_RELU = 0, FN_ACT_SIGMOID = 1, FN_ACT_TANH = 2 };
+    #define FN_SIGMOID(T, EXP, FABS, xi, out)                                                   \\
+        do {                                                                                    \\
+            T z_ = EXP(-FABS(xi));              /* in (0, 1]: never overflows */                 \\
+            T s_ = (T)1 / ((T)1 + z_);                                                          \\
+            out = (xi) >= (T)0 ? s_ : z_ * s_;                                                  \\
+        } while (0)
 
-    /* exp and tanh for float32 without branches or calls, so that gcc vectorizes the loops
-       around them (libm's expf/tanhf are scalar calls without -ffast-math).  Cephes's
-       polynomials: relative error below 2e-7 (about 2 ulp) over the whole range; +-inf, NaN,
-       overflow to inf and underflow through the subnormals to 0 behave like libm's. */
-    FN_ACT_NOTRAP static inline float fn_pow2i(int32_t k)      /* 2**k for -126 <= k <= 127 */
-    {
-        uint32_t bits = (uint32_t)(k + 127) << 23;
-        float f;
-        memcpy(&f, &bits, sizeof f);
-        return f;
-    }
+    /* GELU's tanh form: u = sqrt(2/pi) (x + 0.044715 x**3). */
+    #define FN_GELU_C(T) ((T)0.7978845608028654)
+    #define FN_GELU_A(T) ((T)0.044715)
 
-    FN_ACT_NOTRAP static inline float fn_expf(float x)
-    {
-        const float round_magic = 12582912.0f;          /* 1.5 * 2**23: round to nearest */
-        float xc, n, r, p;
-        int32_t k, k1;
-        xc = x < -105.0f ? -105.0f : x;                  /* exp(-105) rounds to 0 */
-        xc = xc > 89.0f ? 89.0f : xc;                    /* exp(89) overflows to inf */
-        xc = xc == xc ? xc : 0.0f;                       /* NaN: keep the int cast defined */
-        n = (xc * 1.44269504088896341f + round_magic) - round_magic;
-        r = xc - n * 0.693359375f;                       /* ln 2 in two pieces (Cody-Waite) */
-        r = r - n * -2.12194440e-4f;
-        p = 1.9875691500e-4f;
-        p = p * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        p = p * (r * r) + r + 1.0f;
-        k = (int32_t)n;                                  /* -152..129 */
-        k1 = k / 2;                                      /* 2**k as two factors in range */
-        p = p * fn_pow2i(k1) * fn_pow2i(k - k1);
-        return x == x ? p : x;
-    }
-
-    FN_ACT_NOTRAP static inline float fn_tanhf(float x)
-    {
-        float ax = fabsf(x), z = x * x, small, large, e;
-        small = -5.70498872745e-3f;                      /* |x| < 0.625: odd polynomial */
-        small = small * z + 2.06390887954e-2f;
-        small = small * z - 5.37397155531e-2f;
-        small = small * z + 1.33314422036e-1f;
-        small = small * z - 3.33332819422e-1f;
-        small = small * z * x + x;
-        e = fn_expf(2.0f * ax);                          /* else 1 - 2 / (exp(2|x|) + 1) */
-        large = 1.0f - 2.0f / (e + 1.0f);
-        return copysignf(ax < 0.625f ? small : large, x);   /* odd; keeps tanh(-0) = -0 */
-    }
-
-    #define FN_DEFINE_ACT(T, SFX, EXP, TANH, FABS)                                              \\
-    FN_ACT_CLONES FN_ACT_NOTRAP static void                                                     \\
-    fn_act_fwd_##SFX(int act, const T *x, T *y, ptrdiff_t lo, ptrdiff_t hi)                     \\
+    #define FN_DEFINE_ACT(T, SFX, EXP, TANH, FABS, EXPM1NEG, LOG1PUNIT, ERFC)                   \\
+    FN_VEC_CLONES FN_VEC_NOTRAP static void                                                     \\
+    fn_act_fwd_##SFX(int act, T alpha, const T *x, T *y, ptrdiff_t lo, ptrdiff_t hi)            \\
     {                                                                                           \\
         ptrdiff_t i;                                                                            \\
         switch (act) {                                                                          \\
@@ -127,19 +66,56 @@ cdef extern from *:
             break;                                                                              \\
         case FN_ACT_SIGMOID:                                                                    \\
             for (i = lo; i < hi; i++) {                                                         \\
-                T xi = x[i];                                                                    \\
-                T z = EXP(-FABS(xi));           /* in (0, 1]: never overflows */                 \\
-                T s = (T)1 / ((T)1 + z);                                                        \\
-                y[i] = xi >= (T)0 ? s : z * s;                                                  \\
+                T xi = x[i], s;                                                                 \\
+                FN_SIGMOID(T, EXP, FABS, xi, s);                                                \\
+                y[i] = s;                                                                       \\
             }                                                                                   \\
             break;                                                                              \\
         case FN_ACT_TANH:                                                                       \\
             for (i = lo; i < hi; i++) y[i] = TANH(x[i]);                                        \\
             break;                                                                              \\
+        case FN_ACT_SOFTPLUS:                                                                   \\
+            for (i = lo; i < hi; i++) {                                                         \\
+                T xi = x[i];                                                                    \\
+                y[i] = (xi > (T)0 ? xi : (T)0) + LOG1PUNIT(EXP(-FABS(xi)));                     \\
+            }                                                                                   \\
+            break;                                                                              \\
+        case FN_ACT_SWISH:                                                                      \\
+            for (i = lo; i < hi; i++) {                                                         \\
+                T xi = x[i], s;                                                                 \\
+                FN_SIGMOID(T, EXP, FABS, xi, s);                                                \\
+                y[i] = xi * s;                                                                  \\
+            }                                                                                   \\
+            break;                                                                              \\
+        case FN_ACT_GELU:                                                                       \\
+            for (i = lo; i < hi; i++) {                                                         \\
+                T xi = x[i];                                                                    \\
+                y[i] = (T)0.5 * xi * ERFC(xi * (T)-0.7071067811865476);                         \\
+            }                                                                                   \\
+            break;                                                                              \\
+        case FN_ACT_GELU_TANH:                                                                  \\
+            for (i = lo; i < hi; i++) {                                                         \\
+                T xi = x[i];                                                                    \\
+                T t = TANH(FN_GELU_C(T) * (xi + FN_GELU_A(T) * xi * xi * xi));                  \\
+                y[i] = (T)0.5 * xi * ((T)1 + t);                                                \\
+            }                                                                                   \\
+            break;                                                                              \\
+        case FN_ACT_ELU:                                                                        \\
+            for (i = lo; i < hi; i++) {                                                         \\
+                T xi = x[i];                                                                    \\
+                y[i] = xi > (T)0 ? xi : alpha * EXPM1NEG(xi);                                   \\
+            }                                                                                   \\
+            break;                                                                              \\
+        case FN_ACT_LEAKY_RELU:                                                                 \\
+            for (i = lo; i < hi; i++) { T xi = x[i]; y[i] = xi > (T)0 ? xi : alpha * xi; }       \\
+            break;                                                                              \\
         }                                                                                       \\
     }                                                                                           \\
-    FN_ACT_CLONES FN_ACT_NOTRAP static void                                                     \\
-    fn_act_bwd_##SFX(int act, const T *dy, const T *y, T *dx, ptrdiff_t lo, ptrdiff_t hi)       \\
+    /* y is read by relu, sigmoid, tanh, elu, leaky_relu; x by the others (NULL allowed for   \\
+       the one not read). */                                                                    \\
+    FN_VEC_CLONES FN_VEC_NOTRAP static void                                                     \\
+    fn_act_bwd_##SFX(int act, T alpha, const T *dy, const T *y, const T *x, T *dx,              \\
+                     ptrdiff_t lo, ptrdiff_t hi)                                                \\
     {                                                                                           \\
         ptrdiff_t i;                                                                            \\
         switch (act) {                                                                          \\
@@ -152,10 +128,49 @@ cdef extern from *:
         case FN_ACT_TANH:                                                                       \\
             for (i = lo; i < hi; i++) { T yi = y[i]; dx[i] = dy[i] * ((T)1 - yi * yi); }         \\
             break;                                                                              \\
+        case FN_ACT_SOFTPLUS:                   /* sigmoid(x) */                                 \\
+            for (i = lo; i < hi; i++) {                                                         \\
+                T xi = x[i], s;                                                                 \\
+                FN_SIGMOID(T, EXP, FABS, xi, s);                                                \\
+                dx[i] = dy[i] * s;                                                              \\
+            }                                                                                   \\
+            break;                                                                              \\
+        case FN_ACT_SWISH:                      /* s (1 + x (1 - s)) */                          \\
+            for (i = lo; i < hi; i++) {                                                         \\
+                T xi = x[i], s;                                                                 \\
+                FN_SIGMOID(T, EXP, FABS, xi, s);                                                \\
+                dx[i] = dy[i] * (s * ((T)1 + xi * ((T)1 - s)));                                 \\
+            }                                                                                   \\
+            break;                                                                              \\
+        case FN_ACT_GELU:                       /* Phi(x) + x phi(x) */                          \\
+            for (i = lo; i < hi; i++) {                                                         \\
+                T xi = x[i];                                                                    \\
+                T cdf = (T)0.5 * ERFC(xi * (T)-0.7071067811865476);                             \\
+                T pdf = (T)0.3989422804014327 * EXP((T)-0.5 * xi * xi);                         \\
+                dx[i] = dy[i] * (cdf + xi * pdf);                                               \\
+            }                                                                                   \\
+            break;                                                                              \\
+        case FN_ACT_GELU_TANH:                                                                  \\
+            for (i = lo; i < hi; i++) {                                                         \\
+                T xi = x[i], x2 = xi * xi;                                                      \\
+                T t = TANH(FN_GELU_C(T) * (xi + FN_GELU_A(T) * x2 * xi));                       \\
+                T du = FN_GELU_C(T) * ((T)1 + (T)3 * FN_GELU_A(T) * x2);                        \\
+                dx[i] = dy[i] * ((T)0.5 * ((T)1 + t) + (T)0.5 * xi * ((T)1 - t * t) * du);     \\
+            }                                                                                   \\
+            break;                                                                              \\
+        case FN_ACT_ELU:                        /* x <= 0: alpha exp(x) = y + alpha */           \\
+            for (i = lo; i < hi; i++) {                                                         \\
+                T yi = y[i];                                                                    \\
+                dx[i] = yi > (T)0 ? dy[i] : dy[i] * (yi + alpha);                               \\
+            }                                                                                   \\
+            break;                                                                              \\
+        case FN_ACT_LEAKY_RELU:                                                                 \\
+            for (i = lo; i < hi; i++) dx[i] = y[i] > (T)0 ? dy[i] : alpha * dy[i];              \\
+            break;                                                                              \\
         }                                                                                       \\
     }                                                                                           \\
     /* Rows [r0, r1) of a (rows, cols) matrix, cols >= 1. */                                    \\
-    FN_ACT_CLONES FN_ACT_NOTRAP static void                                                     \\
+    FN_VEC_CLONES FN_VEC_NOTRAP static void                                                     \\
     fn_softmax_fwd_##SFX(const T *x, T *y, ptrdiff_t cols, ptrdiff_t r0, ptrdiff_t r1)          \\
     {                                                                                           \\
         for (ptrdiff_t r = r0; r < r1; r++) {                                                   \\
@@ -169,7 +184,7 @@ cdef extern from *:
             for (j = 0; j < cols; j++) yr[j] *= inv;                                            \\
         }                                                                                       \\
     }                                                                                           \\
-    FN_ACT_CLONES FN_ACT_NOTRAP static void                                                     \\
+    FN_VEC_CLONES FN_VEC_NOTRAP static void                                                     \\
     fn_softmax_bwd_##SFX(const T *dy, const T *y, T *dx, ptrdiff_t cols, ptrdiff_t r0,          \\
                          ptrdiff_t r1)                                                          \\
     {                                                                                           \\
@@ -183,23 +198,27 @@ cdef extern from *:
         }                                                                                       \\
     }
 
-    FN_DEFINE_ACT(float, f32, fn_expf, fn_tanhf, fabsf)
-    FN_DEFINE_ACT(double, f64, exp, tanh, fabs)
+    FN_DEFINE_ACT(float, f32, fn_expf, fn_tanhf, fabsf, fn_expm1f_neg, fn_log1pf_unit, fn_erfcf)
+    FN_DEFINE_ACT(double, f64, exp, tanh, fabs, fn_expm1_neg, log1p, erfc)
     """
-    unsigned fn_ftz_begin() noexcept nogil
-    void fn_ftz_end(unsigned csr) noexcept nogil
     enum:
         FN_ACT_RELU
         FN_ACT_SIGMOID
         FN_ACT_TANH
-    void fn_act_fwd_f32(int act, const float *x, float *y, Py_ssize_t lo,
+        FN_ACT_SOFTPLUS
+        FN_ACT_SWISH
+        FN_ACT_GELU
+        FN_ACT_GELU_TANH
+        FN_ACT_ELU
+        FN_ACT_LEAKY_RELU
+    void fn_act_fwd_f32(int act, float alpha, const float *x, float *y, Py_ssize_t lo,
                         Py_ssize_t hi) noexcept nogil
-    void fn_act_fwd_f64(int act, const double *x, double *y, Py_ssize_t lo,
+    void fn_act_fwd_f64(int act, double alpha, const double *x, double *y, Py_ssize_t lo,
                         Py_ssize_t hi) noexcept nogil
-    void fn_act_bwd_f32(int act, const float *dy, const float *y, float *dx, Py_ssize_t lo,
-                        Py_ssize_t hi) noexcept nogil
-    void fn_act_bwd_f64(int act, const double *dy, const double *y, double *dx, Py_ssize_t lo,
-                        Py_ssize_t hi) noexcept nogil
+    void fn_act_bwd_f32(int act, float alpha, const float *dy, const float *y, const float *x,
+                        float *dx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil
+    void fn_act_bwd_f64(int act, double alpha, const double *dy, const double *y,
+                        const double *x, double *dx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil
     void fn_softmax_fwd_f32(const float *x, float *y, Py_ssize_t cols, Py_ssize_t r0,
                             Py_ssize_t r1) noexcept nogil
     void fn_softmax_fwd_f64(const double *x, double *y, Py_ssize_t cols, Py_ssize_t r0,
@@ -213,67 +232,75 @@ cdef extern from *:
 RELU = FN_ACT_RELU
 SIGMOID = FN_ACT_SIGMOID
 TANH = FN_ACT_TANH
+SOFTPLUS = FN_ACT_SOFTPLUS
+SWISH = FN_ACT_SWISH
+GELU = FN_ACT_GELU
+GELU_TANH = FN_ACT_GELU_TANH
+ELU = FN_ACT_ELU
+LEAKY_RELU = FN_ACT_LEAKY_RELU
+# The activations whose backward reads the forward input x (the others read the output y).
+NEEDS_INPUT = frozenset((SOFTPLUS, SWISH, GELU, GELU_TANH))
 
 cdef enum:
     CHUNK_ALIGN = 64   # elementwise thread ranges start at multiples of this many elements
 
 
-cdef inline Py_ssize_t _bound(Py_ssize_t n, Py_ssize_t t, Py_ssize_t nthreads,
-                              Py_ssize_t align) noexcept nogil:
-    """Start of piece t of n items split in nthreads (t = nthreads gives n)."""
-    if t >= nthreads:
-        return n
-    return (n * t // nthreads) // align * align
-
-
-cdef void _fwd_range(int act, const floating *x, floating *y, Py_ssize_t lo,
+cdef void _fwd_range(int act, double alpha, const floating *x, floating *y, Py_ssize_t lo,
                      Py_ssize_t hi) noexcept nogil:
     cdef unsigned csr = fn_ftz_begin()
     if floating is float:
-        fn_act_fwd_f32(act, x, y, lo, hi)
+        fn_act_fwd_f32(act, <float>alpha, x, y, lo, hi)
     else:
-        fn_act_fwd_f64(act, x, y, lo, hi)
+        fn_act_fwd_f64(act, alpha, x, y, lo, hi)
     fn_ftz_end(csr)
 
 
-cdef void _bwd_range(int act, const floating *dy, const floating *y, floating *dx, Py_ssize_t lo,
-                     Py_ssize_t hi) noexcept nogil:
+cdef void _bwd_range(int act, double alpha, const floating *dy, const floating *y,
+                     const floating *x, floating *dx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     cdef unsigned csr = fn_ftz_begin()
     if floating is float:
-        fn_act_bwd_f32(act, dy, y, dx, lo, hi)
+        fn_act_bwd_f32(act, <float>alpha, dy, y, x, dx, lo, hi)
     else:
-        fn_act_bwd_f64(act, dy, y, dx, lo, hi)
+        fn_act_bwd_f64(act, alpha, dy, y, x, dx, lo, hi)
     fn_ftz_end(csr)
 
 
-def elementwise_forward(int act, const floating[::1] x, floating[::1] out, int nthreads):
-    """out = act(x) elementwise for act in RELU, SIGMOID, TANH; out may be x.  len >= 1."""
+def elementwise_forward(int act, const floating[::1] x, floating[::1] out, int nthreads,
+                        double alpha=0.0):
+    """out = act(x) elementwise (act one of the codes above, alpha for elu / leaky_relu);
+    out may be x.  len >= 1."""
     cdef Py_ssize_t n = x.shape[0], t
     cdef const floating *px = &x[0]
     cdef floating *py = &out[0]
     if nthreads <= 1:
         with nogil:
-            _fwd_range(act, px, py, 0, n)
+            _fwd_range(act, alpha, px, py, 0, n)
         return
     for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule='static'):
-        _fwd_range(act, px, py, _bound(n, t, nthreads, CHUNK_ALIGN),
-                   _bound(n, t + 1, nthreads, CHUNK_ALIGN))
+        _fwd_range(act, alpha, px, py, split_bound(n, t, nthreads, CHUNK_ALIGN),
+                   split_bound(n, t + 1, nthreads, CHUNK_ALIGN))
 
 
 def elementwise_backward(int act, const floating[::1] dy, const floating[::1] y,
-                         floating[::1] out, int nthreads):
-    """out = dy * act'(x), written with the forward output y; out may be dy.  len >= 1."""
+                         floating[::1] out, int nthreads, double alpha=0.0,
+                         const floating[::1] x=None):
+    """out = dy * act'(x), from the forward output y, or from the forward input x for the
+    codes in NEEDS_INPUT (x required then; y may be any array of the same length); out may
+    be dy.  len >= 1."""
     cdef Py_ssize_t n = dy.shape[0], t
     cdef const floating *pdy = &dy[0]
     cdef const floating *py = &y[0]
+    cdef const floating *px = NULL
     cdef floating *pdx = &out[0]
+    if x is not None:
+        px = &x[0]
     if nthreads <= 1:
         with nogil:
-            _bwd_range(act, pdy, py, pdx, 0, n)
+            _bwd_range(act, alpha, pdy, py, px, pdx, 0, n)
         return
     for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule='static'):
-        _bwd_range(act, pdy, py, pdx, _bound(n, t, nthreads, CHUNK_ALIGN),
-                   _bound(n, t + 1, nthreads, CHUNK_ALIGN))
+        _bwd_range(act, alpha, pdy, py, px, pdx, split_bound(n, t, nthreads, CHUNK_ALIGN),
+                   split_bound(n, t + 1, nthreads, CHUNK_ALIGN))
 
 
 cdef void _softmax_fwd_rows(const floating *x, floating *y, Py_ssize_t cols, Py_ssize_t r0,
@@ -306,8 +333,8 @@ def softmax_forward(const floating[:, ::1] x, floating[:, ::1] out, int nthreads
             _softmax_fwd_rows(px, py, cols, 0, rows)
         return
     for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule='static'):
-        _softmax_fwd_rows(px, py, cols, _bound(rows, t, nthreads, 1),
-                          _bound(rows, t + 1, nthreads, 1))
+        _softmax_fwd_rows(px, py, cols, split_bound(rows, t, nthreads, 1),
+                          split_bound(rows, t + 1, nthreads, 1))
 
 
 def softmax_backward(const floating[:, ::1] dy, const floating[:, ::1] y, floating[:, ::1] out,
@@ -322,5 +349,5 @@ def softmax_backward(const floating[:, ::1] dy, const floating[:, ::1] y, floati
             _softmax_bwd_rows(pdy, py, pdx, cols, 0, rows)
         return
     for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule='static'):
-        _softmax_bwd_rows(pdy, py, pdx, cols, _bound(rows, t, nthreads, 1),
-                          _bound(rows, t + 1, nthreads, 1))
+        _softmax_bwd_rows(pdy, py, pdx, cols, split_bound(rows, t, nthreads, 1),
+                          split_bound(rows, t + 1, nthreads, 1))

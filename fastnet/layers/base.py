@@ -3,7 +3,7 @@ import re
 
 import numpy as np
 
-from fastnet import initializers
+from fastnet import initializers, regularizers
 
 _name_counts = {}
 
@@ -34,8 +34,9 @@ class Layer:
     Subclasses implement ``build_weights(input_shape)``, ``compute_output_shape(input_shape)``,
     ``forward(x, training)`` and ``backward(dy)``; shapes exclude the batch axis.
     ``forward`` returns an array owned by the layer (reused on the next call of the same batch
-    size); ``backward`` writes the weight gradients into ``self.grads`` and returns dL/dx
-    (or None when the model said the input gradient is not needed).
+    size); ``backward`` writes the gradients of exactly the ``trainable_weight_names`` into
+    ``self.grads`` (data gradient, then ``add_regularization_grads``) and returns dL/dx (or
+    None when the model said the input gradient is not needed).
     """
 
     def __init__(self, name=None, trainable=True, dtype=None, input_shape=None, input_dim=None,
@@ -58,17 +59,31 @@ class Layer:
         self.built = False
         self.input_shape = self.output_shape = None
         self.params = {}   # name -> array, Keras order (a view into the model's flat buffer)
-        self.grads = {}    # name -> array, same shapes
+        self.grads = {}    # name -> array, same shapes; trainable weights only
         self.need_input_grad = True
         self._buffers = {}
+        self._non_trainable = set()   # weights never given a gradient (BatchNorm moving stats)
+        self._regularizers = {}       # weight name -> Regularizer
 
     # -- weights ---------------------------------------------------------------------------
-    def add_weight(self, name, shape, initializer):
-        """Create a weight of ``shape`` initialized by ``initializer`` (name or callable)."""
+    def add_weight(self, name, shape, initializer, trainable=True, regularizer=None):
+        """Create a weight of ``shape`` initialized by ``initializer`` (name or callable).
+
+        ``trainable=False`` makes a state variable the optimizer never touches (BatchNorm's
+        moving statistics): it gets no entry in ``self.grads``, the layer updates it itself in
+        ``forward``.  ``regularizer`` (a ``fastnet.regularizers`` identifier) adds a penalty on
+        the weight to ``regularization_loss()`` and its gradient to ``grads`` in ``backward``.
+        """
         value = np.ascontiguousarray(initializers.get(initializer)(tuple(shape), self.dtype),
                                      dtype=self.dtype)
         self.params[name] = value
-        self.grads[name] = np.zeros_like(value)
+        if trainable:
+            self.grads[name] = np.zeros_like(value)
+            self._non_trainable.discard(name)
+        else:
+            self._non_trainable.add(name)
+        if regularizer is not None:
+            self._regularizers[name] = regularizers.get(regularizer)
         return value
 
     def build(self, input_shape):
@@ -91,8 +106,51 @@ class Layer:
         return list(self.params.values())
 
     @property
+    def trainable_weight_names(self):
+        """Names of the weights the optimizer updates, Keras order (none if not trainable).
+
+        The model puts exactly these in the optimizer's region of the flat buffers; every other
+        weight (``non_trainable_weight_names``) sits after it and gets no gradient."""
+        if not self.trainable:
+            return []
+        return [n for n in self.params if n not in self._non_trainable]
+
+    @property
+    def non_trainable_weight_names(self):
+        """Names of the weights the optimizer must not touch, Keras order."""
+        trainable = set(self.trainable_weight_names)
+        return [n for n in self.params if n not in trainable]
+
+    @property
     def trainable_weights(self):
-        return self.weights if self.trainable else []
+        return [self.params[n] for n in self.trainable_weight_names]
+
+    @property
+    def non_trainable_weights(self):
+        return [self.params[n] for n in self.non_trainable_weight_names]
+
+    # -- regularization --------------------------------------------------------------------
+    def regularization_loss(self):
+        """Sum of the penalties of this layer's regularized trainable weights (0.0 if none).
+
+        As in Keras, only trainable weights count: a frozen layer adds nothing."""
+        total = 0.0
+        if self._regularizers:
+            for name in self.trainable_weight_names:
+                reg = self._regularizers.get(name)
+                if reg is not None:
+                    total += reg(self.params[name])
+        return total
+
+    def add_regularization_grads(self):
+        """grads[name] += the penalty's gradient, for every regularized trainable weight.
+
+        Called by ``backward`` after it wrote the data gradients."""
+        if self._regularizers:
+            for name in self.trainable_weight_names:
+                reg = self._regularizers.get(name)
+                if reg is not None:
+                    reg.add_gradient(self.params[name], self.grads[name])
 
     def get_weights(self):
         """Copies of the weights, Keras order and layouts."""
@@ -122,12 +180,14 @@ class Layer:
         return int(sum(w.size for w in self.params.values()))
 
     # -- buffers ---------------------------------------------------------------------------
-    def buffer(self, key, shape):
-        """A layer-owned array of ``shape``, reused across steps of the same batch size."""
+    def buffer(self, key, shape, dtype=None):
+        """A layer-owned array of ``shape`` (and ``dtype``, default the layer's), reused across
+        steps of the same batch size."""
         shape = tuple(shape)
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
         buf = self._buffers.get(key)
-        if buf is None or buf.shape != shape:
-            buf = self._buffers[key] = np.empty(shape, dtype=self.dtype)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._buffers[key] = np.empty(shape, dtype=dtype)
         return buf
 
     def release_buffers(self):
@@ -168,12 +228,24 @@ class ActivationMixin:
     ReLU is fused into the GEMM/conv epilogue by the layers themselves; the rest go through
     the activation ops.  ``skip_activation_grad`` is set by the model when the loss already
     returns the gradient with respect to the pre-activation (softmax + cross-entropy).
+    ``activation_alpha`` is elu's alpha / leaky_relu's slope (None: the op's default).
     """
 
     skip_activation_grad = False
+    activation_alpha = None
 
-    def activation_grad(self, dy, y):
+    def apply_activation(self, z, key="y"):
+        """y = activation(z) into the layer buffer ``key`` (z itself for the identity)."""
+        from fastnet.ops.activations import activation_forward
+        if self.activation is None:
+            return z
+        return activation_forward(self.activation, z, out=self.buffer(key, z.shape),
+                                  alpha=self.activation_alpha)
+
+    def activation_grad(self, dy, y, x=None):
+        """dL/dz from dL/dy, the forward output y and (for gelu, swish, softplus) input x."""
         from fastnet.ops.activations import activation_backward
         if self.activation is None or self.skip_activation_grad:
             return dy
-        return activation_backward(self.activation, dy, y, out=self.buffer("dz", dy.shape))
+        return activation_backward(self.activation, dy, y, x=x, out=self.buffer("dz", dy.shape),
+                                   alpha=self.activation_alpha)

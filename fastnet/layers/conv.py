@@ -1,7 +1,7 @@
 """Convolution layers (channels last)."""
 import numpy as np
 
-from fastnet import activations
+from fastnet import activations, regularizers
 from fastnet.layers.base import ActivationMixin, Layer
 from fastnet.ops import activations as act_ops
 from fastnet.ops import conv as conv_ops
@@ -14,13 +14,14 @@ class Conv2D(ActivationMixin, Layer):
     x (batch, H, W, in) -> y (batch, OH, OW, filters); kernel (kh, kw, in, filters), bias
     (filters,).  OH = (H - kh) // sh + 1 for 'valid', ceil(H / sh) for 'same' (TensorFlow's
     padding, the odd row at the bottom).  ReLU is fused into the convolution's epilogue.
+    ``kernel_regularizer`` / ``bias_regularizer``: see ``fastnet.regularizers``.
 
     >>> Conv2D(32, (3, 3), activation="relu", input_shape=(28, 28, 1))
     """
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 data_format=None, **kwargs):
+                 kernel_regularizer=None, bias_regularizer=None, data_format=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
             raise ValueError(f"Conv2D: filters must be a positive integer, got {filters!r}")
@@ -34,6 +35,8 @@ class Conv2D(ActivationMixin, Layer):
         self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -49,9 +52,10 @@ class Conv2D(ActivationMixin, Layer):
 
     def build_weights(self, input_shape):
         self.add_weight("kernel", self.kernel_size + (input_shape[-1], self.filters),
-                        self.kernel_initializer)
+                        self.kernel_initializer, regularizer=self.kernel_regularizer)
         if self.use_bias:
-            self.add_weight("bias", (self.filters,), self.bias_initializer)
+            self.add_weight("bias", (self.filters,), self.bias_initializer,
+                            regularizer=self.bias_regularizer)
 
     def forward(self, x, training=False):
         fused = self.activation if self.activation == "relu" else None
@@ -59,17 +63,18 @@ class Conv2D(ActivationMixin, Layer):
         z = conv_ops.conv2d(x, self.params["kernel"], self.params.get("bias"),
                             strides=self.strides, padding=self.padding, activation=fused,
                             out=self.buffer("z", shape))
-        y = z
-        if self.activation is not None and fused is None:
-            y = act_ops.activation_forward(self.activation, z, out=self.buffer("y", shape))
-        self._x, self._y = x, y
+        y = z if fused is not None else self.apply_activation(z)
+        self._x, self._z, self._y = x, z, y
         return y
 
     def backward(self, dy):
-        dy = self.activation_grad(dy, self._y)
-        conv_ops.conv2d_backward_weight(
-            self._x, dy, self.kernel_size, strides=self.strides, padding=self.padding,
-            out=self.grads["kernel"], bias_grad=self.grads.get("bias"))
+        dy = self.activation_grad(dy, self._y,
+                                  self._z if self.activation in act_ops.NEEDS_INPUT else None)
+        if self.trainable:        # a frozen layer's weights get no gradient
+            conv_ops.conv2d_backward_weight(
+                self._x, dy, self.kernel_size, strides=self.strides, padding=self.padding,
+                out=self.grads["kernel"], bias_grad=self.grads.get("bias"))
+            self.add_regularization_grads()
         if not self.need_input_grad:
             return None
         return conv_ops.conv2d_backward_input(
@@ -79,6 +84,8 @@ class Conv2D(ActivationMixin, Layer):
     def get_config(self):
         cfg = super().get_config()
         cfg.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
-                   padding=self.padding, activation=self.activation or "linear",
-                   use_bias=self.use_bias)
+                   padding=self.padding, activation=activations.serialize(self.activation),
+                   use_bias=self.use_bias,
+                   kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+                   bias_regularizer=regularizers.serialize(self.bias_regularizer))
         return cfg

@@ -1,7 +1,7 @@
 """Core layers: Input, InputLayer, Dense, Flatten, Activation."""
 import numpy as np
 
-from fastnet import activations
+from fastnet import activations, regularizers
 from fastnet.layers.base import ActivationMixin, Layer, _as_shape
 from fastnet.ops import activations as act_ops
 from fastnet.ops.core import bias_grad
@@ -55,10 +55,12 @@ class Dense(ActivationMixin, Layer):
     """y = activation(x @ kernel + bias) over the last axis.
 
     x (batch, ..., in) -> y (batch, ..., units); kernel (in, units), bias (units,).
+    ``kernel_regularizer`` / ``bias_regularizer``: see ``fastnet.regularizers``.
     """
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", **kwargs):
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
+                 **kwargs):
         super().__init__(**kwargs)
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
             raise ValueError(f"Dense: units must be a positive integer, got {units!r}")
@@ -66,6 +68,8 @@ class Dense(ActivationMixin, Layer):
         self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) < 1:
@@ -73,35 +77,40 @@ class Dense(ActivationMixin, Layer):
         return tuple(input_shape[:-1]) + (self.units,)
 
     def build_weights(self, input_shape):
-        self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer)
+        self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer,
+                        regularizer=self.kernel_regularizer)
         if self.use_bias:
-            self.add_weight("bias", (self.units,), self.bias_initializer)
+            self.add_weight("bias", (self.units,), self.bias_initializer,
+                            regularizer=self.bias_regularizer)
 
     def forward(self, x, training=False):
         x2 = x.reshape(-1, x.shape[-1])
         fused = self.activation if self.activation == "relu" else None
         z = matmul(x2, self.params["kernel"], bias=self.params.get("bias"), activation=fused,
                    out=self.buffer("z", (x2.shape[0], self.units)))
-        y = z
-        if self.activation is not None and fused is None:
-            y = act_ops.activation_forward(self.activation, z, out=self.buffer("y", z.shape))
-        self._x, self._y = x2, y
+        y = z if fused is not None else self.apply_activation(z)
+        self._x, self._z, self._y = x2, z, y
         return y.reshape(x.shape[:-1] + (self.units,))
 
     def backward(self, dy):
-        dy = self.activation_grad(dy.reshape(self._y.shape), self._y)
-        matmul(self._x, dy, transpose_a=True, out=self.grads["kernel"])
-        if self.use_bias:
-            bias_grad(dy, out=self.grads["bias"])
+        dy = self.activation_grad(dy.reshape(self._y.shape), self._y,
+                                  self._z if self.activation in act_ops.NEEDS_INPUT else None)
+        if self.trainable:        # a frozen layer's weights get no gradient
+            matmul(self._x, dy, transpose_a=True, out=self.grads["kernel"])
+            if self.use_bias:
+                bias_grad(dy, out=self.grads["bias"])
+            self.add_regularization_grads()
         if not self.need_input_grad:
             return None
-        dx = matmul(dy, self.params["kernel"], transpose_b=True, out=self.buffer("dx", self._x.shape))
-        return dx
+        return matmul(dy, self.params["kernel"], transpose_b=True,
+                      out=self.buffer("dx", self._x.shape))
 
     def get_config(self):
         cfg = super().get_config()
-        cfg.update(units=self.units, activation=self.activation or "linear",
-                   use_bias=self.use_bias)
+        cfg.update(units=self.units, activation=activations.serialize(self.activation),
+                   use_bias=self.use_bias,
+                   kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+                   bias_regularizer=regularizers.serialize(self.bias_regularizer))
         return cfg
 
 
@@ -120,25 +129,24 @@ class Flatten(Layer):
 
 
 class Activation(ActivationMixin, Layer):
-    """Applies an activation by name ('relu', 'sigmoid', 'tanh', 'softmax', 'linear')."""
+    """Applies an activation by name: relu, sigmoid, tanh, softmax, softplus, swish/silu,
+    gelu, elu, leaky_relu, linear (see ``fastnet.activations``)."""
 
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
         self.activation = activations.get(activation)
 
     def forward(self, x, training=False):
-        if self.activation is None:
-            self._y = x
-            return x
-        self._y = act_ops.activation_forward(self.activation, x, out=self.buffer("y", x.shape))
+        self._x = x
+        self._y = self.apply_activation(x)
         return self._y
 
     def backward(self, dy):
         if not self.need_input_grad:
             return None
-        return self.activation_grad(dy, self._y)
+        return self.activation_grad(dy, self._y, self._x)
 
     def get_config(self):
         cfg = super().get_config()
-        cfg["activation"] = self.activation or "linear"
+        cfg["activation"] = activations.serialize(self.activation)
         return cfg

@@ -1,6 +1,7 @@
-"""Pooling layers (channels last)."""
+"""Pooling layers (channels last): max, average and global pooling."""
 from fastnet.layers.base import Layer
 from fastnet.ops import pool as pool_ops
+from fastnet.ops import spatial as spatial_ops
 from fastnet.ops._checks import check_padding, conv_output_size, pair
 
 
@@ -14,16 +15,16 @@ class MaxPooling2D(Layer):
                  **kwargs):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
-            raise ValueError(f"MaxPooling2D: only data_format='channels_last' is supported, "
-                             f"got {data_format!r}")
+            raise ValueError(f"{type(self).__name__}: only data_format='channels_last' is "
+                             f"supported, got {data_format!r}")
         self.pool_size = pair(pool_size, "pool_size")
         self.strides = pair(strides, "strides") if strides is not None else self.pool_size
         self.padding = check_padding(padding)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
-            raise ValueError(f"{self.name}: MaxPooling2D expects inputs (batch, height, width, "
-                             f"channels), got per-sample shape {input_shape}")
+            raise ValueError(f"{self.name}: {type(self).__name__} expects inputs (batch, height, "
+                             f"width, channels), got per-sample shape {input_shape}")
         try:
             oh = conv_output_size(input_shape[0], self.pool_size[0], self.strides[0],
                                   self.padding, what="pool")[0]
@@ -49,3 +50,79 @@ class MaxPooling2D(Layer):
         cfg = super().get_config()
         cfg.update(pool_size=self.pool_size, strides=self.strides, padding=self.padding)
         return cfg
+
+
+class AveragePooling2D(MaxPooling2D):
+    """Mean over pool_size windows: x (batch, H, W, C) -> (batch, OH, OW, C).
+
+    strides default to pool_size; with 'same' padding the mean is over the real (non-padded)
+    elements only, as in Keras/TensorFlow.
+    """
+
+    def forward(self, x, training=False):
+        y = pool_ops.avg_pool2d(x, self.pool_size, self.strides, self.padding,
+                                out=self.buffer("y", (x.shape[0],) + self.output_shape))
+        self._x_shape = x.shape
+        return y
+
+    def backward(self, dy):
+        if not self.need_input_grad:
+            return None
+        return pool_ops.avg_pool2d_backward(dy, self._x_shape, self.pool_size, self.strides,
+                                            self.padding, out=self.buffer("dx", self._x_shape))
+
+
+class _GlobalPooling2D(Layer):
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{type(self).__name__}: only data_format='channels_last' is "
+                             f"supported, got {data_format!r}")
+        self.keepdims = bool(keepdims)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name}: {type(self).__name__} expects inputs (batch, height, "
+                             f"width, channels), got per-sample shape {input_shape}")
+        return (1, 1, input_shape[2]) if self.keepdims else (input_shape[2],)
+
+    def _pooled_shape(self, x):
+        return (x.shape[0], x.shape[3])
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["keepdims"] = self.keepdims
+        return cfg
+
+
+class GlobalAveragePooling2D(_GlobalPooling2D):
+    """Mean over height and width: (batch, H, W, C) -> (batch, C) (keepdims: (batch, 1, 1, C))."""
+
+    def forward(self, x, training=False):
+        y = spatial_ops.global_avg_pool2d(x, out=self.buffer("y", self._pooled_shape(x)))
+        self._x_shape = x.shape
+        return y.reshape((x.shape[0],) + self.output_shape)
+
+    def backward(self, dy):
+        if not self.need_input_grad:
+            return None
+        return spatial_ops.global_avg_pool2d_backward(
+            dy.reshape(self._x_shape[0], self._x_shape[3]), self._x_shape,
+            out=self.buffer("dx", self._x_shape))
+
+
+class GlobalMaxPooling2D(_GlobalPooling2D):
+    """Max over height and width: (batch, H, W, C) -> (batch, C) (keepdims: (batch, 1, 1, C)).
+
+    The gradient is shared evenly by the pixels equal to the maximum (TensorFlow's rule)."""
+
+    def forward(self, x, training=False):
+        y = spatial_ops.global_max_pool2d(x, out=self.buffer("y", self._pooled_shape(x)))
+        self._x, self._y = x, y
+        return y.reshape((x.shape[0],) + self.output_shape)
+
+    def backward(self, dy):
+        if not self.need_input_grad:
+            return None
+        return spatial_ops.global_max_pool2d_backward(
+            self._x, self._y, dy.reshape(self._y.shape), out=self.buffer("dx", self._x.shape))

@@ -41,6 +41,15 @@ def _check_verbose(verbose):
     return int(verbose)
 
 
+def _aligned_zeros(n, dtype):
+    """A zeroed 1-D array whose data start on a 64-byte boundary (whole cache lines, full
+    SIMD loads for every weight, whose offsets are multiples of _ALIGN elements)."""
+    dtype = np.dtype(dtype)
+    raw = np.zeros(n * dtype.itemsize + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + n * dtype.itemsize].view(dtype)
+
+
 def _metric_value(metric):
     """A metric's result for the logs: a float, or an array for per-class metrics."""
     value = np.asarray(metric.result())
@@ -134,37 +143,57 @@ class Model:
             self._configure_loss_path()
 
     def _bind_flat_buffers(self):
-        """Move every weight into one flat buffer (trainable first) and grads into another."""
+        """Move every weight into one flat buffer and the gradients into a second one.
+
+        Trainable weights come first (the optimizer's region, with a gradient each), then the
+        non-trainable ones (BatchNorm's moving statistics, frozen layers), which the optimizer
+        never touches.  Each layer's ``params``/``grads`` become views into these buffers."""
         dtype = self.dtype
         for layer in self.layers:
             if layer.dtype != dtype:
                 raise TypeError(f"layer {layer.name} has dtype {layer.dtype} but the model "
                                 f"uses {dtype}: every layer needs the same dtype")
-        entries = [(layer, name) for layer in self.layers if layer.trainable
-                   for name in layer.params]
-        n_trainable_entries = len(entries)
-        entries += [(layer, name) for layer in self.layers if not layer.trainable
-                    for name in layer.params]
+        trainable = [(layer, name) for layer in self.layers
+                     for name in layer.trainable_weight_names]
+        frozen = [(layer, name) for layer in self.layers
+                  for name in layer.non_trainable_weight_names]
         offsets, total = [], 0
-        for i, (layer, name) in enumerate(entries):
-            if i == n_trainable_entries:
+        for layer, name in trainable + frozen:
+            if len(offsets) == len(trainable):
                 self._n_trainable = total
             offsets.append(total)
             total += -(-layer.params[name].size // _ALIGN) * _ALIGN
-        if n_trainable_entries == len(entries):
+        if not frozen:
             self._n_trainable = total
-        params = np.zeros(total, dtype=dtype)
-        grads = np.zeros(total, dtype=dtype)
-        for (layer, name), off in zip(entries, offsets):
+        params = _aligned_zeros(total, dtype)
+        grads = _aligned_zeros(self._n_trainable, dtype)
+        for i, ((layer, name), off) in enumerate(zip(trainable + frozen, offsets)):
             value = layer.params[name]
             view = params[off:off + value.size].reshape(value.shape)
             view[...] = value
             layer.params[name] = view
-            layer.grads[name] = grads[off:off + value.size].reshape(value.shape)
+            if i < len(trainable):
+                layer.grads[name] = grads[off:off + value.size].reshape(value.shape)
+            else:
+                layer.grads.pop(name, None)
         self._flat_params, self._flat_grads = params, grads
         # (offset, size) of each trainable weight: per-variable rules (clipnorm) need them
         self._segments = [(off, layer.params[name].size)
-                          for (layer, name), off in zip(entries[:n_trainable_entries], offsets)]
+                          for (layer, name), off in zip(trainable, offsets)]
+        self._bound_trainable = [(layer, tuple(layer.trainable_weight_names))
+                                 for layer in self.layers]
+        self._regularized = [l for l in self.layers if getattr(l, "_regularizers", None)]
+
+    def _rebind_if_frozen_changed(self):
+        """Re-lay the buffers when a layer's ``trainable`` flag changed since the last bind."""
+        if any(tuple(layer.trainable_weight_names) != names
+               for layer, names in self._bound_trainable):
+            self._bind_flat_buffers()
+            if self.optimizer is not None:
+                self.optimizer.build(self._n_trainable, self.dtype)
+
+    def _regularization_loss(self):
+        return float(sum(layer.regularization_loss() for layer in self._regularized))
 
     def _require_built(self, what):
         if not self.built:
@@ -214,8 +243,6 @@ class Model:
     # -- compile -------------------------------------------------------------------------------
     def compile(self, optimizer="rmsprop", loss=None, metrics=None):
         """Choose the optimizer, the loss and the metrics (names or objects), as in Keras."""
-        if optimizer == "rmsprop":
-            raise ValueError("optimizer 'rmsprop' is not available yet; use 'adam' or 'sgd'")
         self.optimizer = optimizers_mod.get(optimizer)
         if loss is None:
             raise ValueError("compile: loss is required, e.g. 'sparse_categorical_crossentropy'")
@@ -317,7 +344,8 @@ class Model:
     def _train_step(self, xb, yb, wb=None):
         out = self._forward(xb, training=True)
         loss, grad = self._loss_grad(out, yb, wb)
-        self._backward(grad)
+        loss += self._regularization_loss()  # before the step, as Keras reports it
+        self._backward(grad)  # each layer adds its penalty's gradient to its own grads
         n = self._n_trainable
         self.optimizer.apply(self._flat_params[:n], self._flat_grads[:n], self._segments)
         for m in self.metrics:
@@ -329,6 +357,7 @@ class Model:
         self._require_compiled("train_on_batch")
         x, y = self._prepare_xy(x, y, "train_on_batch")
         w = self._prepare_weights(sample_weight, class_weight, y, x.shape[0], "train_on_batch")
+        self._rebind_if_frozen_changed()
         for m in self.metrics:
             m.reset_state()
         loss = self._train_step(self._batch(x, slice(0, x.shape[0]), "x"), y, w)
@@ -409,6 +438,7 @@ class Model:
                 or not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
         x, y = self._prepare_xy(x, y, "fit")
+        self._rebind_if_frozen_changed()
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ValueError("fit: x holds NaN or infinite values")
         weights = self._prepare_weights(sample_weight, class_weight, y, x.shape[0], "fit")
@@ -518,7 +548,7 @@ class Model:
                 _update_metric(m, yb, out, wb)
             bar.update(step + 1, [("loss", loss_sum / hi)] + [(m.name, _metric_value(m))
                                                               for m in metrics])
-        logs = {"loss": loss_sum / n}
+        logs = {"loss": loss_sum / n + self._regularization_loss()}
         for m in metrics:
             logs[m.name] = _metric_value(m)
         return logs
@@ -594,7 +624,8 @@ class Model:
         print_fn(line)
         if self.built:
             total = self.count_params()
-            trainable = sum(l.count_params() for l in self.layers if l.trainable)
+            trainable = sum(int(np.prod(l.params[n].shape)) for l in self.layers
+                            for n in l.trainable_weight_names)
             print_fn(f"Total params: {total:,}")
             print_fn(f"Trainable params: {trainable:,}")
             print_fn(f"Non-trainable params: {total - trainable:,}")
