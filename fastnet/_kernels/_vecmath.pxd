@@ -1,6 +1,6 @@
 # cython: language_level=3
-# Shared C helpers of the elementwise kernel modules (activations, norm, dropout, spatial,
-# penalty): the per-ISA clone attribute, flush-to-zero, branch-free float32 math that gcc
+# Shared C helpers of the kernel modules (activations, norm, dropout, spatial, penalty, losses,
+# optim, metrics): the per-ISA clone attribute, flush-to-zero, branch-free float32 math that gcc
 # vectorizes, the counter-based hash of dropout and the static split of a range among threads.
 # A .pxd, not a module: every kernel module that cimports it gets its own copy of these static
 # inline functions, so there is no cross-module call.
@@ -14,6 +14,9 @@ cdef extern from *:
     #include <stddef.h>
     #include <stdint.h>
     #include <string.h>
+    #if defined(_MSC_VER) && !defined(restrict)   /* C99 restrict in MSVC's C */
+    #define restrict __restrict
+    #endif
 
     /* Loops compiled for AVX-512, AVX2 and baseline x86-64, the loader picks one per CPU (GCC
        target_clones, an ifunc); the build itself uses no -m flags.

@@ -47,40 +47,19 @@ from cython cimport floating
 from libc.math cimport exp, expf, log, logf, log1p, log1pf
 from libc.stdint cimport int32_t, int64_t
 
+from fastnet._kernels._vecmath cimport fn_ftz_begin, fn_ftz_end, split_bound
+
 ctypedef fused label_t:
     int32_t
     int64_t
 
 cdef extern from *:
     """
-    #include <stddef.h>
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \\
-        && defined(__GLIBC__) && __GNUC__ >= 11
-    #define FN_LOSS_CLONES \\
-        __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-    #else
-    #define FN_LOSS_CLONES
-    #endif
-    /* Flush-to-zero + denormals-are-zero while a kernel runs, restored after (as the GEMM's
-       workers do): denormal operands are slow and carry no information for training. */
-    #if defined(__x86_64__) || defined(_M_X64)
-    #include <xmmintrin.h>
-    static inline unsigned fn_ftz_begin(void)
-    {
-        unsigned csr = _mm_getcsr();
-        _mm_setcsr(csr | 0x8040u);
-        return csr;
-    }
-    static inline void fn_ftz_end(unsigned csr) { _mm_setcsr(csr); }
-    #else
-    static inline unsigned fn_ftz_begin(void) { return 0; }
-    static inline void fn_ftz_end(unsigned csr) { (void)csr; }
-    #endif
     /* The cheap elementwise losses as SIMD loops: the value summed in double, grad (when not
        NULL) = gscale * dv/dp.  `omp simd reduction` lets the compiler reorder the sum within
        one call; a call always covers the same elements, so results do not depend on threads. */
     #define FN_DEFINE_ELEMWISE(T, SFX, FABS)                                                    \\
-    FN_LOSS_CLONES static double                                                                \\
+    FN_VEC_CLONES static double                                                                 \\
     fn_sqerr_##SFX(const T *p, const T *t, T *grad, ptrdiff_t lo, ptrdiff_t hi, T gscale)       \\
     {                                                                                           \\
         double s = 0.0;                                                                         \\
@@ -101,7 +80,7 @@ cdef extern from *:
         }                                                                                       \\
         return s;                                                                               \\
     }                                                                                           \\
-    FN_LOSS_CLONES static double                                                                \\
+    FN_VEC_CLONES static double                                                                 \\
     fn_abserr_##SFX(const T *p, const T *t, T *grad, ptrdiff_t lo, ptrdiff_t hi, T gscale)      \\
     {                                                                                           \\
         double s = 0.0;                                                                         \\
@@ -122,7 +101,7 @@ cdef extern from *:
         }                                                                                       \\
         return s;                                                                               \\
     }                                                                                           \\
-    FN_LOSS_CLONES static double                                                                \\
+    FN_VEC_CLONES static double                                                                 \\
     fn_huber_##SFX(const T *p, const T *t, T *grad, ptrdiff_t lo, ptrdiff_t hi, T gscale,       \\
                    T delta)                                                                     \\
     {                                                                                           \\
@@ -147,12 +126,9 @@ cdef extern from *:
         }                                                                                       \\
         return s;                                                                               \\
     }
-    #include <math.h>
     FN_DEFINE_ELEMWISE(float, f32, fabsf)
     FN_DEFINE_ELEMWISE(double, f64, fabs)
     """
-    unsigned fn_ftz_begin() noexcept nogil
-    void fn_ftz_end(unsigned csr) noexcept nogil
     double fn_sqerr_f32(const float *p, const float *t, float *grad, Py_ssize_t lo,
                         Py_ssize_t hi, float gscale) noexcept nogil
     double fn_sqerr_f64(const double *p, const double *t, double *grad, Py_ssize_t lo,
@@ -199,11 +175,6 @@ cdef inline floating _log1p(floating x) noexcept nogil:
         return log1pf(x)
     else:
         return log1p(x)
-
-
-cdef inline Py_ssize_t _bound(Py_ssize_t n, Py_ssize_t t, Py_ssize_t nthreads) noexcept nogil:
-    """Start of piece t of n rows split in nthreads (t = nthreads gives n)."""
-    return n if t >= nthreads else n * t // nthreads
 
 
 cdef inline double _sum_rows(const double *row_loss, Py_ssize_t n) noexcept nogil:
@@ -343,7 +314,8 @@ def sparse_from_logits(const floating[:, ::1] logits, const label_t[::1] labels,
     else:
         for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule='static'):
             _sparse_logits_rows(px, pl, pg, pp, scale, pw, per_weight, prl, cols,
-                                _bound(n, t, nthreads), _bound(n, t + 1, nthreads))
+                                split_bound(n, t, nthreads, 1),
+                                split_bound(n, t + 1, nthreads, 1))
     return _sum_rows(prl, n)
 
 
@@ -367,7 +339,8 @@ def dense_from_logits(const floating[:, ::1] logits, const floating[:, ::1] targ
     else:
         for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule='static'):
             _dense_logits_rows(px, pt, pg, pp, scale, pw, per_weight, smooth_a, smooth_b, prl,
-                               cols, _bound(n, t, nthreads), _bound(n, t + 1, nthreads))
+                               cols, split_bound(n, t, nthreads, 1),
+                               split_bound(n, t + 1, nthreads, 1))
     return _sum_rows(prl, n)
 
 
@@ -482,7 +455,8 @@ def sparse_from_probs(const floating[:, ::1] pred, const label_t[::1] labels,
     else:
         for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule='static'):
             _sparse_probs_rows(pp, pl, pg, scale, pw, per_weight, eps_lo, eps_hi, wrt_logits,
-                               prl, cols, _bound(n, t, nthreads), _bound(n, t + 1, nthreads))
+                               prl, cols, split_bound(n, t, nthreads, 1),
+                               split_bound(n, t + 1, nthreads, 1))
     return _sum_rows(prl, n)
 
 
@@ -506,8 +480,8 @@ def dense_from_probs(const floating[:, ::1] pred, const floating[:, ::1] targets
     else:
         for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule='static'):
             _dense_probs_rows(pp, pt, pg, scale, pw, per_weight, smooth_a, smooth_b, eps_lo,
-                              eps_hi, wrt_logits, prl, cols, _bound(n, t, nthreads),
-                              _bound(n, t + 1, nthreads))
+                              eps_hi, wrt_logits, prl, cols, split_bound(n, t, nthreads, 1),
+                              split_bound(n, t + 1, nthreads, 1))
     return _sum_rows(prl, n)
 
 

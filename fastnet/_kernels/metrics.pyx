@@ -27,6 +27,8 @@ from libc.math cimport ceil, ceilf, fabs
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 
+from fastnet._kernels._vecmath cimport split_bound
+
 ctypedef fused label_t:
     int32_t
     int64_t
@@ -38,10 +40,6 @@ cdef enum:
 cdef enum:
     EVEN_EPS = 0    # Keras AUC's evenly spaced thresholds [-eps, 1/(T-1), ..., 1 + eps]
     SORTED = 1      # any ascending thresholds, compared with p > t
-
-
-cdef inline Py_ssize_t _bound(Py_ssize_t n, Py_ssize_t t, Py_ssize_t nthreads) noexcept nogil:
-    return n if t >= nthreads else n * t // nthreads
 
 
 cdef inline Py_ssize_t _argmax(const floating *x, Py_ssize_t cols) noexcept nogil:
@@ -131,8 +129,8 @@ def row_scores(int kind, const floating[:, ::1] pred, const floating[:, ::1] tar
             _score_rows(kind, pp, pt, pl, pv, cols, k, thr, 0, n)
     else:
         for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule='static'):
-            _score_rows(kind, pp, pt, pl, pv, cols, k, thr, _bound(n, t, nthreads),
-                        _bound(n, t + 1, nthreads))
+            _score_rows(kind, pp, pt, pl, pv, cols, k, thr, split_bound(n, t, nthreads, 1),
+                        split_bound(n, t + 1, nthreads, 1))
     with nogil:
         for i in range(n // per_weight):
             m = 0.0
@@ -351,7 +349,7 @@ def confusion_counts(const int64_t[::1] labels, const int64_t[::1] preds, int64_
     for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule='static'):
         mine = &private[t, 0]
         memset(mine, 0, cc * sizeof(int64_t))
-        for i in range(_bound(n, t, nthreads), _bound(n, t + 1, nthreads)):
+        for i in range(split_bound(n, t, nthreads, 1), split_bound(n, t + 1, nthreads, 1)):
             mine[labels[i] * classes + preds[i]] += 1
     with nogil:
         for t in range(nthreads):

@@ -49,21 +49,10 @@ explicit lanes also make it identical across the three ISA clones).
 from cython.parallel cimport prange
 from cython cimport floating
 
+from fastnet._kernels._vecmath cimport fn_ftz_begin, fn_ftz_end, split_bound
+
 cdef extern from *:
     """
-    #include <math.h>
-    #include <stddef.h>
-    #include <stdint.h>
-    #if defined(_MSC_VER) && !defined(restrict)
-    #define restrict __restrict
-    #endif
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \\
-        && defined(__GLIBC__) && __GNUC__ >= 11
-    #define FN_OPT_CLONES \\
-        __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-    #else
-    #define FN_OPT_CLONES
-    #endif
     /* No a*b+c -> fma contraction: the vector body and the scalar remainder must round alike so
        that any partition of the buffer among threads gives the same bits (and NumPy's). */
     #if defined(__clang__)
@@ -75,27 +64,6 @@ cdef extern from *:
     #else
     #define FN_OPT_NOCONTRACT
     #define FN_OPT_NOCONTRACT_BODY
-    #endif
-    #if defined(__GNUC__)
-    #define FN_OPT_INLINE static inline __attribute__((always_inline))
-    #else
-    #define FN_OPT_INLINE static inline
-    #endif
-
-    /* Flush-to-zero + denormals-are-zero while a kernel runs, restored after (as the GEMM's
-       workers do): denormal operands are slow and carry no information for training. */
-    #if defined(__x86_64__) || defined(_M_X64)
-    #include <xmmintrin.h>
-    static inline unsigned fn_ftz_begin(void)
-    {
-        unsigned csr = _mm_getcsr();
-        _mm_setcsr(csr | 0x8040u);
-        return csr;
-    }
-    static inline void fn_ftz_end(unsigned csr) { _mm_setcsr(csr); }
-    #else
-    static inline unsigned fn_ftz_begin(void) { return 0; }
-    static inline void fn_ftz_end(unsigned csr) { (void)csr; }
     #endif
 
     enum {
@@ -121,7 +89,7 @@ cdef extern from *:
     #define FN_DECAY(pi) if (decay) pi = pi - (pi * wd) * lr
 
     #define FN_DEFINE_OPTIM(T, SFX, SQRT)                                                       \\
-    FN_OPT_INLINE FN_OPT_NOCONTRACT void                                                        \\
+    FN_VEC_INLINE FN_OPT_NOCONTRACT void                                                        \\
     fn_sgd_loop_##SFX(T *restrict p, const T *restrict g, T *restrict vel, ptrdiff_t lo,       \\
                       ptrdiff_t hi, T scale, T clip, T lr, T wd, T mom, const int decay,        \\
                       const int kind)                                                           \\
@@ -142,7 +110,7 @@ cdef extern from *:
             p[i] = pi;                                                                          \\
         }                                                                                       \\
     }                                                                                           \\
-    FN_OPT_INLINE FN_OPT_NOCONTRACT void                                                        \\
+    FN_VEC_INLINE FN_OPT_NOCONTRACT void                                                        \\
     fn_adam_loop_##SFX(T *restrict p, const T *restrict g, T *restrict m, T *restrict v,       \\
                        T *restrict vhat, ptrdiff_t lo, ptrdiff_t hi, T scale, T clip, T lr,     \\
                        T wd, T lr_t, T omb1, T omb2, T eps, const int decay, const int amsgrad) \\
@@ -166,7 +134,7 @@ cdef extern from *:
             p[i] = pi - (mi * lr_t) / (SQRT(vi) + eps);                                         \\
         }                                                                                       \\
     }                                                                                           \\
-    FN_OPT_INLINE FN_OPT_NOCONTRACT void                                                        \\
+    FN_VEC_INLINE FN_OPT_NOCONTRACT void                                                        \\
     fn_rmsprop_loop_##SFX(T *restrict p, const T *restrict g, T *restrict vel,                 \\
                           T *restrict mom_buf, T *restrict avg, ptrdiff_t lo, ptrdiff_t hi,     \\
                           T scale, T clip, T lr, T wd, T rho, T one_minus_rho, T momentum,      \\
@@ -199,7 +167,7 @@ cdef extern from *:
             p[i] = pi;                                                                          \\
         }                                                                                       \\
     }                                                                                           \\
-    FN_OPT_INLINE FN_OPT_NOCONTRACT void                                                        \\
+    FN_VEC_INLINE FN_OPT_NOCONTRACT void                                                        \\
     fn_adagrad_loop_##SFX(T *restrict p, const T *restrict g, T *restrict acc, ptrdiff_t lo,   \\
                           ptrdiff_t hi, T scale, T clip, T lr, T wd, T eps, const int decay)    \\
     {                                                                                           \\
@@ -214,7 +182,7 @@ cdef extern from *:
             p[i] = pi - (lr * gi) / SQRT(ac + eps);                                             \\
         }                                                                                       \\
     }                                                                                           \\
-    FN_OPT_INLINE FN_OPT_NOCONTRACT void                                                        \\
+    FN_VEC_INLINE FN_OPT_NOCONTRACT void                                                        \\
     fn_optim_run_##SFX(const fn_optim_rule *r, T *restrict p, const T *restrict g,             \\
                        T *restrict s1, T *restrict s2, T *restrict s3, ptrdiff_t lo,            \\
                        ptrdiff_t hi, double scale_d)                                            \\
@@ -283,7 +251,7 @@ cdef extern from *:
        16-byte aligned, vectors that straddle cache lines cost about 5% here, and the other     \\
        buffers usually share p's offset so they align too.  Same bits either way (the scalar    \\
        and vector code round alike). */                                                         \\
-    FN_OPT_CLONES FN_OPT_NOCONTRACT static void                                                 \\
+    FN_VEC_CLONES FN_OPT_NOCONTRACT static void                                                 \\
     fn_optim_##SFX(const fn_optim_rule *r, T *restrict p, const T *restrict g, T *restrict s1, \\
                    T *restrict s2, T *restrict s3, ptrdiff_t lo, ptrdiff_t hi, double scale_d)  \\
     {                                                                                           \\
@@ -299,7 +267,7 @@ cdef extern from *:
     }                                                                                           \\
     /* Sum of x[i]^2 over [lo, hi) in double: 32 independent lanes (the lane of an element is  \\
        fixed by its distance from lo), folded in a fixed tree, then the scalar tail. */          \\
-    FN_OPT_CLONES FN_OPT_NOCONTRACT static double                                               \\
+    FN_VEC_CLONES FN_OPT_NOCONTRACT static double                                               \\
     fn_sumsq_##SFX(const T *restrict x, ptrdiff_t lo, ptrdiff_t hi)                             \\
     {                                                                                           \\
         FN_OPT_NOCONTRACT_BODY                                                                  \\
@@ -327,8 +295,6 @@ cdef extern from *:
     FN_DEFINE_OPTIM(float, f32, sqrtf)
     FN_DEFINE_OPTIM(double, f64, sqrt)
     """
-    unsigned fn_ftz_begin() noexcept nogil
-    void fn_ftz_end(unsigned csr) noexcept nogil
     ctypedef struct fn_optim_rule:
         int rule
         int decay
@@ -362,13 +328,6 @@ RULE_ADAGRAD = 9
 
 cdef enum:
     CHUNK_ALIGN = 64   # thread ranges start at multiples of this many elements
-
-
-cdef inline Py_ssize_t _bound(Py_ssize_t n, Py_ssize_t t, Py_ssize_t nthreads) noexcept nogil:
-    """Start of thread t's range (t = nthreads gives n): equal shares rounded to CHUNK_ALIGN."""
-    if t >= nthreads:
-        return n
-    return (n * t // nthreads) // CHUNK_ALIGN * CHUNK_ALIGN
 
 
 cdef inline void _call(const fn_optim_rule *r, floating *p, const floating *g, floating *s1,
@@ -457,8 +416,9 @@ def step(int rule, bint decay, floating[::1] p, const floating[::1] g, floating[
             _step_range(&r, pp, pg, p1, p2, p3, 0, n, scale, pstarts, pscales, npieces)
         return
     for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule='static'):
-        _step_range(&r, pp, pg, p1, p2, p3, _bound(n, t, nthreads), _bound(n, t + 1, nthreads),
-                    scale, pstarts, pscales, npieces)
+        _step_range(&r, pp, pg, p1, p2, p3, split_bound(n, t, nthreads, CHUNK_ALIGN),
+                    split_bound(n, t + 1, nthreads, CHUNK_ALIGN), scale, pstarts, pscales,
+                    npieces)
 
 
 def chunk_sumsq(const floating[::1] x, const Py_ssize_t[::1] chunk_lo,
