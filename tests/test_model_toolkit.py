@@ -93,3 +93,22 @@ def test_every_optimizer_trains_by_name(name):
     model.compile(name, "sparse_categorical_crossentropy")
     hist = model.fit(X, Y, epochs=3, batch_size=8, verbose=0)
     assert np.isfinite(hist.history["loss"]).all()
+
+
+def test_inference_folds_batchnorm_and_relu_into_the_kernel():
+    set_random_seed(2)
+    model = models.Sequential([
+        layers.Conv2D(5, 3, input_shape=(7, 7, 2)), layers.BatchNormalization(),
+        layers.Activation("relu"), layers.MaxPooling2D(), layers.Flatten(),
+        layers.Dense(6), layers.BatchNormalization(), layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x = np.random.default_rng(1).standard_normal((32, 7, 7, 2)).astype(np.float32)
+    model.fit(x, np.arange(32) % 3, epochs=3, batch_size=8, verbose=0)
+    folds = [(type(l).__name__, act) for l, bn, act in model._inference_plan if bn is not None]
+    assert folds == [("Conv2D", "relu"), ("Dense", None)]
+    unfused = x
+    for layer in model.layers:  # layer by layer, nothing folded
+        unfused = layer.forward(unfused, training=False)
+    np.testing.assert_allclose(model.predict(x, verbose=0), unfused, rtol=1e-5, atol=1e-6)
+    loss, _ = model.evaluate(x, np.arange(32) % 3, verbose=0), None
+    assert np.isfinite(loss)

@@ -67,6 +67,16 @@ class Conv2D(ActivationMixin, Layer):
         self._x, self._z, self._y = x, z, y
         return y
 
+    def forward_folded(self, x, bn, activation=None):
+        """Inference: this convolution followed by the BatchNormalization ``bn`` (and a ReLU
+        when ``activation='relu'``) in one pass: bn folded into kernel and bias, the ReLU into
+        the epilogue.  Needs ``self.activation`` None (bn sees the raw convolution)."""
+        from fastnet.layers.normalization import fold_batchnorm
+        kernel, bias = fold_batchnorm(self.params["kernel"], self.params.get("bias"), bn)
+        return conv_ops.conv2d(x, kernel, bias, strides=self.strides, padding=self.padding,
+                               activation=activation,
+                               out=self.buffer("folded", (x.shape[0],) + self.output_shape))
+
     def backward(self, dy):
         dy = self.activation_grad(dy, self._y,
                                   self._z if self.activation in act_ops.NEEDS_INPUT else None)

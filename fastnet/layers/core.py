@@ -92,6 +92,17 @@ class Dense(ActivationMixin, Layer):
         self._x, self._z, self._y = x2, z, y
         return y.reshape(x.shape[:-1] + (self.units,))
 
+    def forward_folded(self, x, bn, activation=None):
+        """Inference: this layer followed by the BatchNormalization ``bn`` (and a ReLU when
+        ``activation='relu'``) in one GEMM: bn folded into kernel and bias, the ReLU into the
+        epilogue.  Needs ``self.activation`` None (bn sees the raw product)."""
+        from fastnet.layers.normalization import fold_batchnorm
+        kernel, bias = fold_batchnorm(self.params["kernel"], self.params.get("bias"), bn)
+        x2 = x.reshape(-1, x.shape[-1])
+        y = matmul(x2, kernel, bias=bias, activation=activation,
+                   out=self.buffer("folded", (x2.shape[0], self.units)))
+        return y.reshape(x.shape[:-1] + (self.units,))
+
     def backward(self, dy):
         dy = self.activation_grad(dy.reshape(self._y.shape), self._y,
                                   self._z if self.activation in act_ops.NEEDS_INPUT else None)

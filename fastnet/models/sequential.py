@@ -72,11 +72,40 @@ class Sequential(Model):
                                  f"but receives {shape}")
             layer.need_input_grad = i > 0
             shape = layer.output_shape
+        self._inference_plan = self._plan_inference()
         return shape
 
+    def _plan_inference(self):
+        """Steps of the inference forward: (layer, bn, activation) folds a Conv2D/Dense without
+        activation and the BatchNormalization after it (and a following Activation('relu'))
+        into one kernel call; (layer, None, None) runs a layer as it is."""
+        from fastnet.layers.conv import Conv2D
+        from fastnet.layers.core import Activation, Dense
+        from fastnet.layers.normalization import BatchNormalization
+        plan, seq, i = [], self._layers, 0
+        while i < len(seq):
+            layer = seq[i]
+            nxt = seq[i + 1] if i + 1 < len(seq) else None
+            if isinstance(layer, (Conv2D, Dense)) and layer.activation is None \
+                    and isinstance(nxt, BatchNormalization) and nxt.axis in (-1, len(
+                        layer.output_shape)):
+                j, act = i + 2, None
+                if j < len(seq) and type(seq[j]) is Activation and seq[j].activation == "relu":
+                    j, act = j + 1, "relu"
+                plan.append((layer, nxt, act))
+                i = j
+            else:
+                plan.append((layer, None, None))
+                i += 1
+        return plan
+
     def _forward(self, x, training):
-        for layer in self._layers:
-            x = layer.forward(x, training)
+        if training:
+            for layer in self._layers:
+                x = layer.forward(x, training)
+            return x
+        for layer, bn, act in self._inference_plan:
+            x = layer.forward(x, False) if bn is None else layer.forward_folded(x, bn, act)
         return x
 
     def _backward(self, dy):
