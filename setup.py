@@ -5,8 +5,8 @@ linked into ``fastnet._kernels.gemm`` only; the other kernels reach it through C
 cross-module ``cimport``, so there is one dispatch table per process.
 
 The per-ISA microkernels (``csrc/avx2``, ``csrc/avx512``) are compiled as separate objects with
-their own ``-m`` flags and chosen at run time; the default build never uses ``-march=native`` and
-runs on any x86-64 CPU.  Without OpenMP the build falls back to serial kernels.
+their own ``-m`` flags and chosen at run time; the default build never tunes for the build
+machine's CPU, so it runs on any x86-64 CPU.  Without OpenMP the build falls back to serial kernels.
 
 Environment knobs (for development):
   FASTNET_BUILD_ONLY=gemm,conv   build only these kernel modules (helps parallel work)

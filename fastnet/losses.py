@@ -18,6 +18,7 @@ import numbers
 import numpy as np
 
 from fastnet.ops import losses as loss_ops
+from fastnet.utils import serialization as _serial
 
 __all__ = [
     "Loss", "BinaryCrossentropy", "CategoricalCrossentropy", "SparseCategoricalCrossentropy",
@@ -421,21 +422,12 @@ _CLASSES = {cls.__name__: cls for cls in (
 
 def serialize(loss):
     """``{"class_name": ..., "config": ...}`` of a Loss; ``deserialize`` reverses it."""
-    if not isinstance(loss, Loss):
-        raise TypeError(f"serialize needs a fastnet.losses.Loss, got {type(loss).__name__}")
-    return {"class_name": type(loss).__name__, "config": loss.get_config()}
+    return _serial.serialize(loss, Loss, "fastnet.losses.Loss")
 
 
 def deserialize(config):
     """A Loss from ``serialize``'s dict."""
-    if not isinstance(config, dict) or not isinstance(config.get("config", {}), dict):
-        raise ValueError(f"a loss config must be a dict {{'class_name', 'config'}}, "
-                         f"got {config!r}")
-    cls = _CLASSES.get(config.get("class_name"))
-    if cls is None:
-        raise ValueError(f"unknown loss class {config.get('class_name')!r}; expected one of "
-                         f"{sorted(_CLASSES)}")
-    return cls.from_config(dict(config.get("config", {})))
+    return _serial.deserialize(config, _CLASSES, Loss, "loss")
 
 
 def get(identifier):

@@ -16,6 +16,7 @@ import numbers
 import numpy as np
 
 from fastnet.ops import metrics as metric_ops
+from fastnet.utils import serialization as _serial
 
 __all__ = [
     "Metric", "Mean", "Accuracy", "BinaryAccuracy", "CategoricalAccuracy",
@@ -718,21 +719,12 @@ def _accuracy_for(loss, output_shape, name):
 
 def serialize(metric):
     """``{"class_name": ..., "config": ...}`` of a Metric; ``deserialize`` reverses it."""
-    if not isinstance(metric, Metric):
-        raise TypeError(f"serialize needs a fastnet.metrics.Metric, got {type(metric).__name__}")
-    return {"class_name": type(metric).__name__, "config": metric.get_config()}
+    return _serial.serialize(metric, Metric, "fastnet.metrics.Metric")
 
 
 def deserialize(config):
     """A Metric from ``serialize``'s dict."""
-    if not isinstance(config, dict) or not isinstance(config.get("config", {}), dict):
-        raise ValueError(f"a metric config must be a dict {{'class_name', 'config'}}, "
-                         f"got {config!r}")
-    cls = _CLASSES.get(config.get("class_name"))
-    if cls is None:
-        raise ValueError(f"unknown metric class {config.get('class_name')!r}; expected one of "
-                         f"{sorted(_CLASSES)}")
-    return cls.from_config(dict(config.get("config", {})))
+    return _serial.deserialize(config, _CLASSES, Metric, "metric")
 
 
 def get(identifier, loss=None, output_shape=None):

@@ -24,6 +24,7 @@ import numpy as np
 from fastnet import schedules
 from fastnet.ops import optim as optim_ops
 from fastnet.schedules import LearningRateSchedule
+from fastnet.utils import serialization as _serial
 
 # `fastnet.optimizers.schedules.CosineDecay` and `from fastnet.optimizers.schedules import ...`
 # work as in Keras (``keras.optimizers.schedules``).
@@ -466,27 +467,16 @@ _BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagr
 
 def serialize(optimizer):
     """``{"class_name": ..., "config": optimizer.get_config()}``, JSON-compatible."""
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"serialize expects a fastnet.optimizers.Optimizer, "
-                        f"got {type(optimizer).__name__}")
-    return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
+    return _serial.serialize(optimizer, Optimizer, "fastnet.optimizers.Optimizer")
 
 
 def deserialize(config, custom_objects=None):
     """The optimizer described by ``{"class_name": ..., "config": {...}}`` (what
     :func:`serialize` and Keras write).  ``custom_objects`` maps names to Optimizer subclasses
     or LearningRateSchedule subclasses used in the config."""
-    if not isinstance(config, dict) or "class_name" not in config \
-            or not isinstance(config.get("config", {}), dict):
-        raise ValueError(f"an optimizer config must be a dict with 'class_name' and 'config', "
-                         f"got {config!r}")
-    name = config["class_name"]
-    cls = (custom_objects or {}).get(name)
-    if cls is None and isinstance(name, str):
-        cls = _BY_NAME.get(name.lower())
-    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(_BY_NAME)}")
-    return cls.from_config(config.get("config", {}), custom_objects)
+    cls = _serial.resolve(config, lambda name: _BY_NAME.get(name.lower()), Optimizer,
+                          "optimizer", custom_objects)
+    return cls.from_config(config.get("config") or {}, custom_objects)
 
 
 def get(identifier):

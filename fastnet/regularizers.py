@@ -16,6 +16,7 @@ import math
 import numbers
 
 from fastnet.ops.penalty import weight_penalty, weight_penalty_grad
+from fastnet.utils import serialization as _serial
 
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "l1", "l2", "l1_l2", "get", "serialize",
            "deserialize"]
@@ -106,19 +107,13 @@ def serialize(regularizer):
     """{'class_name': ..., 'config': {...}} for a regularizer, None for None."""
     if regularizer is None:
         return None
-    return {"class_name": type(regularizer).__name__, "config": regularizer.get_config()}
+    return _serial.serialize(regularizer, Regularizer, "fastnet.regularizers.Regularizer")
 
 
 def deserialize(config):
     """A regularizer from ``serialize``'s dict."""
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ValueError(f"regularizer config must be a dict with 'class_name' and 'config', "
-                         f"got {config!r}")
-    cls = {"L1": L1, "L2": L2, "L1L2": L1L2}.get(config["class_name"])
-    if cls is None:
-        raise ValueError(f"unknown regularizer class {config['class_name']!r}; expected L1, L2 "
-                         f"or L1L2")
-    return cls.from_config(dict(config.get("config") or {}))
+    return _serial.deserialize(config, {"L1": L1, "L2": L2, "L1L2": L1L2}, Regularizer,
+                               "regularizer")
 
 
 def get(identifier):

@@ -11,6 +11,7 @@ import zipfile
 import numpy as np
 
 from fastnet import metrics as metrics_mod
+from fastnet.utils import serialization as _serial
 from fastnet.utils.files import atomic_path
 
 FORMAT = "fastnet"
@@ -155,22 +156,10 @@ def save_model(model, path):
     _write(path, meta, arrays)
 
 
-def _lookup(module, class_name, base):
-    cls = getattr(module, str(class_name), None)
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise ValueError(f"unknown {base.__name__} class {class_name!r} in the file")
-    return cls
-
-
 def _from_class_config(module, base, entry):
-    if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
-        raise ValueError(f"malformed {base.__name__} entry in the file: {entry!r}")
-    cls = _lookup(module, entry.get("class_name"), base)
-    config = dict(entry["config"])
-    if hasattr(cls, "from_config"):
-        return cls.from_config(config)
-    config.pop("name", None)
-    return cls(**config)
+    """An instance of a class of ``module`` (fastnet's own, nothing else) from its dict."""
+    return _serial.deserialize(entry, lambda name: getattr(module, name, None), base,
+                               base.__name__)
 
 
 def load_model(path, compile=True):

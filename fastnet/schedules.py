@@ -13,6 +13,7 @@ computes them in the dtype of ``initial_learning_rate``, float32 for a Python fl
 """
 import math
 import numbers
+from fastnet.utils import serialization as _serial
 
 __all__ = ["CosineDecay", "ExponentialDecay", "LearningRateSchedule", "PiecewiseConstantDecay",
            "deserialize", "serialize"]
@@ -233,10 +234,7 @@ _BUILTIN = {cls.__name__: cls for cls in (ExponentialDecay, PiecewiseConstantDec
 
 def serialize(schedule):
     """``{"class_name": ..., "config": schedule.get_config()}``, JSON-compatible."""
-    if not isinstance(schedule, LearningRateSchedule):
-        raise TypeError(f"serialize expects a LearningRateSchedule, "
-                        f"got {type(schedule).__name__}")
-    return {"class_name": type(schedule).__name__, "config": schedule.get_config()}
+    return _serial.serialize(schedule, LearningRateSchedule, "LearningRateSchedule")
 
 
 def deserialize(config, custom_objects=None):
@@ -244,15 +242,5 @@ def deserialize(config, custom_objects=None):
     :func:`serialize` and Keras write; other keys such as Keras's "module" are ignored).
 
     ``custom_objects`` maps class names to user-defined LearningRateSchedule subclasses."""
-    if not isinstance(config, dict) or "class_name" not in config \
-            or not isinstance(config.get("config", {}), dict):
-        raise ValueError(f"a schedule config must be a dict with 'class_name' and 'config', "
-                         f"got {config!r}")
-    name = config["class_name"]
-    cls = (custom_objects or {}).get(name) or _BUILTIN.get(name)
-    if cls is None:
-        raise ValueError(f"unknown learning-rate schedule {name!r}; expected one of "
-                         f"{sorted(_BUILTIN)} or a class given in custom_objects")
-    if not (isinstance(cls, type) and issubclass(cls, LearningRateSchedule)):
-        raise TypeError(f"custom_objects[{name!r}] must be a LearningRateSchedule subclass")
-    return cls.from_config(dict(config.get("config", {})))
+    return _serial.deserialize(config, _BUILTIN, LearningRateSchedule, "learning-rate schedule",
+                               custom_objects)

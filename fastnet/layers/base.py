@@ -212,6 +212,11 @@ class Layer:
                              f"{', '.join(map(str, self.input_shape))}), got {x.shape}")
         return self.forward(x, training=training).copy()
 
+    @classmethod
+    def from_config(cls, config):
+        """A new layer from ``get_config()``'s dict (weights are not part of it)."""
+        return cls(**config)
+
     def get_config(self):
         cfg = {"name": self.name, "trainable": self.trainable, "dtype": self.dtype.name}
         if self.batch_input_shape is not None:
