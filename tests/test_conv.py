@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import fastnet
+from fastnet._kernels import gemm as gemm_kernels
 from fastnet.ops import conv as conv_ops
 from fastnet.ops.conv import conv2d, conv2d_backward_input, conv2d_backward_weight
 
@@ -100,7 +101,7 @@ IDS = ["n{}_{}x{}x{}_to{}_k{}x{}_s{}{}_{}".format(*c[:7], *c[7], c[8]) for c in 
 def _algorithms(case, direct):
     """Every kernel path for this case: 'direct' exists for forward and backward-weight."""
     kh, kw, strides = case[5], case[6], case[7]
-    algs = (["direct"] if direct else []) + ["gemm", "shared", None]
+    algs = (["direct"] if direct else []) + ["implicit", "gemm", "shared", None]
     if (kh, kw, *strides) == (1, 1, 1, 1):
         algs += ["1x1", "1x1_shared"]
     return algs
@@ -228,10 +229,11 @@ def test_random_shapes_every_path(case, monkeypatch):
 
 
 def test_larger_batch_default_paths():
-    """Shapes big enough for the default thresholds to pick the blocks schedule with tiles."""
+    """Shapes big enough for the default thresholds to pick the blocks schedule with tiles, and
+    for the implicit backward weight to walk several chunks of output rows per thread."""
     case = (9, 14, 13, 8, 16, 3, 3, (1, 1), "same")
     x, kernel, bias, dy, strides, padding = _data(case)
-    for alg in (None, "gemm", "shared"):
+    for alg in (None, "implicit", "gemm", "shared"):
         np.testing.assert_allclose(
             conv2d(x, kernel, bias, strides=strides, padding=padding, _algorithm=alg),
             ref_conv2d(x, kernel, bias, strides, padding), atol=1e-11)
@@ -263,6 +265,120 @@ def test_small_tiles(monkeypatch, threads):
             conv2d_backward_weight(x, dy, 3, strides=strides, padding=padding,
                                    _algorithm=alg)[0],
             ref_conv2d_backward_weight(x, dy, (3, 3), strides, padding), atol=1e-12)
+
+
+# ------------------------------------------------------------ the implicit GEMM: tiles, ISAs
+# Channel counts that leave partial register tiles (pixels, input and output channels), kernels
+# larger than the image, strides with gaps, 1x1.
+EDGE_CASES = [
+    (3, 9, 11, 37, 70, 3, 3, (1, 1), "same"),
+    (2, 8, 8, 20, 33, 5, 5, (2, 2), "same"),
+    (1, 6, 7, 48, 16, 1, 1, (1, 1), "valid"),
+    (2, 7, 9, 9, 47, 3, 2, (1, 3), "valid"),
+    (1, 3, 4, 17, 5, 7, 7, (1, 1), "same"),
+    (5, 4, 3, 16, 8, 2, 2, (2, 2), "same"),
+]
+EDGE_IDS = ["n{}_{}x{}x{}_to{}_k{}x{}_s{}{}_{}".format(*c[:7], *c[7], c[8]) for c in EDGE_CASES]
+
+
+def _check_implicit(case, seed=0, relu=False):
+    x, kernel, bias, dy, strides, padding = _data(case, seed=seed)
+    kw = dict(strides=strides, padding=padding, _algorithm="implicit")
+    y = conv2d(x, kernel, bias, activation="relu", **kw)
+    np.testing.assert_allclose(y, ref_conv2d(x, kernel, bias, strides, padding, "relu"),
+                               atol=1e-11)
+    g = dy * (y > 0) if relu else dy
+    mask = dict(relu_output=y) if relu else {}
+    np.testing.assert_allclose(conv2d_backward_input(dy, kernel, x.shape, **mask, **kw),
+                               ref_conv2d_backward_input(g, kernel, x.shape, strides, padding),
+                               atol=1e-11)
+    db = np.empty(kernel.shape[3])
+    dk, _ = conv2d_backward_weight(x, dy, kernel.shape[:2], bias_grad=db, **mask, **kw)
+    np.testing.assert_allclose(dk, ref_conv2d_backward_weight(x, g, kernel.shape[:2], strides,
+                                                              padding), atol=1e-11)
+    np.testing.assert_allclose(db, g.sum(axis=(0, 1, 2)), atol=1e-11)
+
+
+@pytest.mark.parametrize("case", EDGE_CASES, ids=EDGE_IDS)
+def test_implicit_tile_edges(case, threads):
+    _check_implicit(case)
+    _check_implicit(case, seed=1, relu=True)
+
+
+@pytest.mark.parametrize("isa", gemm_kernels.available_isas())
+def test_implicit_every_isa(isa, monkeypatch):
+    """Each ISA has its own register tiles (AVX-512 8 x 2, AVX2 6 x 2, baseline 4 x 2)."""
+    monkeypatch.setattr(conv_ops, "_PARALLEL_MIN_WORK", 0)
+    old_isa, old_threads = gemm_kernels.isa(), fastnet.get_num_threads()
+    gemm_kernels.set_isa(isa)
+    try:
+        for t in (1, 2):
+            fastnet.set_num_threads(t)
+            for case in EDGE_CASES[:4] + [CASES[1], CASES[13]]:
+                _check_implicit(case, seed=t, relu=t == 2)
+    finally:
+        gemm_kernels.set_isa(old_isa)
+        fastnet.set_num_threads(old_threads)
+
+
+def test_implicit_forward_does_not_depend_on_threads(monkeypatch):
+    """Each output is computed by one thread in a fixed order: bitwise equal for any team; the
+    backward ops are bitwise reproducible for a given team size."""
+    monkeypatch.setattr(conv_ops, "_PARALLEL_MIN_WORK", 0)
+    x, kernel, bias, dy, strides, padding = _data(EDGE_CASES[0], np.float32)
+    kw = dict(strides=strides, padding=padding, _algorithm="implicit")
+    old = fastnet.get_num_threads()
+    try:
+        ys = []
+        for t in (1, 2, 3):
+            fastnet.set_num_threads(t)
+            ys.append(conv2d(x, kernel, bias, **kw))
+            runs = [(conv2d_backward_input(dy, kernel, x.shape, **kw),
+                     conv2d_backward_weight(x, dy, 3, **kw)[0]) for _ in range(2)]
+            np.testing.assert_array_equal(runs[0][0], runs[1][0])
+            np.testing.assert_array_equal(runs[0][1], runs[1][1])
+        np.testing.assert_array_equal(ys[0], ys[1])
+        np.testing.assert_array_equal(ys[0], ys[2])
+    finally:
+        fastnet.set_num_threads(old)
+
+
+# --------------------------------------------------------- the fused ReLU's mask in backward
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_backward_relu_output(case, threads):
+    """relu_output=y masks dy where the forward's ReLU output is not positive, in every path."""
+    x, kernel, bias, dy, strides, padding = _data(case, seed=11)
+    y = conv2d(x, kernel, bias, strides=strides, padding=padding, activation="relu")
+    g = dy * (y > 0)
+    dx_ref = ref_conv2d_backward_input(g, kernel, x.shape, strides, padding)
+    dk_ref = ref_conv2d_backward_weight(x, g, kernel.shape[:2], strides, padding)
+    for alg in _algorithms(case, False):
+        dx = conv2d_backward_input(dy, kernel, x.shape, strides=strides, padding=padding,
+                                   relu_output=y, _algorithm=alg)
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12, err_msg=str(alg))
+    for alg in _algorithms(case, True):
+        db = np.empty(kernel.shape[3])
+        dk, _ = conv2d_backward_weight(x, dy, kernel.shape[:2], strides=strides,
+                                       padding=padding, bias_grad=db, relu_output=y,
+                                       _algorithm=alg)
+        np.testing.assert_allclose(dk, dk_ref, rtol=1e-12, atol=1e-12, err_msg=str(alg))
+        np.testing.assert_allclose(db, g.sum(axis=(0, 1, 2)), rtol=1e-12, atol=1e-12)
+
+
+def test_backward_relu_output_float32():
+    case = (4, 12, 11, 1, 32, 3, 3, (1, 1), "valid")   # the first layer: the direct kernels
+    for case in (case, (3, 9, 9, 32, 24, 3, 3, (1, 1), "valid")):
+        x, kernel, bias, dy, strides, padding = _data(case, np.float32, seed=2)
+        y = conv2d(x, kernel, bias, activation="relu")
+        g = dy * (y > 0)
+        db = np.empty(kernel.shape[3], np.float32)
+        dk, _ = conv2d_backward_weight(x, dy, 3, bias_grad=db, relu_output=y)
+        np.testing.assert_allclose(dk, ref_conv2d_backward_weight(x, g, (3, 3), (1, 1),
+                                                                  "valid"), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(db, g.sum(axis=(0, 1, 2)), rtol=1e-4, atol=1e-3)
+        dx = conv2d_backward_input(dy, kernel, x.shape, relu_output=y)
+        np.testing.assert_allclose(dx, ref_conv2d_backward_input(g, kernel, x.shape, (1, 1),
+                                                                 "valid"), rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------------- finite-difference checks
@@ -386,6 +502,16 @@ def _bad_cases():
         (lambda: conv2d_backward_weight(x, dy, 3, out=np.zeros((3, 3, 3, 5))), ValueError,
          "out must be"),
         (lambda: conv2d_backward_weight(x, dy, 7), ValueError, "larger than the input"),
+        (lambda: conv2d_backward_input(dy, k, x.shape, relu_output=dy[:1].copy()), ValueError,
+         "relu_output must have the shape of dy"),
+        (lambda: conv2d_backward_input(dy, k, x.shape, relu_output=dy.astype(np.float32)),
+         TypeError, "relu_output must have dtype float64"),
+        (lambda: conv2d_backward_weight(x, dy, 3, relu_output=dy.tolist()), TypeError,
+         "relu_output must be a numpy.ndarray"),
+        (lambda: conv2d_backward_weight(x, dy, 3, relu_output=dy[..., :2].copy()), ValueError,
+         "relu_output must have the shape of dy"),
+        (lambda: conv2d_backward_input(dy, k, x.shape, _algorithm="direct"), ValueError,
+         "_algorithm must be one of"),
     ]
 
 

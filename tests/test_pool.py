@@ -55,6 +55,21 @@ def ref_max_pool_backward(x, dy, pool, strides, padding):
     return dx
 
 
+def ref_argmax(x, pool, strides, padding):
+    """Each window's first maximum as i * pool_w + j, (i, j) from the unclipped window's corner."""
+    am = np.zeros(_out_shape(x.shape, pool, strides, padding), np.uint8)
+    _, h, w, _ = x.shape
+    pt = _out_and_pad(h, pool[0], strides[0], padding)[1]
+    pl = _out_and_pad(w, pool[1], strides[1], padding)[1]
+    for i, j, rs, cs in _windows(x.shape, pool, strides, padding):
+        win = x[:, rs, cs, :]
+        wh, ww = win.shape[1:3]
+        a, b = np.divmod(win.reshape(x.shape[0], wh * ww, x.shape[3]).argmax(axis=1), ww)
+        am[:, i, j, :] = (rs.start + a - (i * strides[0] - pt)) * pool[1] + \
+            (cs.start + b - (j * strides[1] - pl))
+    return am
+
+
 def ref_avg_pool_backward(dy, input_shape, pool, strides, padding):
     dx = np.zeros(input_shape)
     for i, j, rs, cs in _windows(input_shape, pool, strides, padding):
@@ -85,6 +100,8 @@ CASES = [
     (2, 6, 7, 2, (1, 1), (2, 3), "valid"),      # 1x1 window with strides (subsampling)
     (4, 9, 9, 17, (3, 3), (3, 3), "valid"),     # C not a multiple of the vector width
     (1, 4, 4, 3, (4, 4), None, "valid"),        # one window covers the whole image
+    (2, 7, 6, 40, (2, 2), None, "same"),        # whole vectors of channels and a tail
+    (1, 9, 8, 33, (3, 3), (2, 1), "same"),      # overlapping, vectors and a tail
 ]
 IDS = ["n{}_{}x{}x{}_p{}{}_s{}_{}".format(c[0], c[1], c[2], c[3], *c[4], c[5], c[6])
        for c in CASES]
@@ -105,7 +122,20 @@ def test_max_pool(case, threads):
     np.testing.assert_array_equal(y, ref_pool(x, pool, s, padding, False))
     dy = rng.standard_normal(y.shape)
     dx = max_pool2d_backward(x, y, dy, pool, strides, padding)
-    np.testing.assert_allclose(dx, ref_max_pool_backward(x, dy, pool, s, padding), atol=1e-14)
+    ref_dx = ref_max_pool_backward(x, dy, pool, s, padding)
+    np.testing.assert_allclose(dx, ref_dx, atol=1e-14)
+    # the uint8 argmax: filled by the forward, read by the backward instead of x and y
+    for dtype in (np.float64, np.float32):
+        xd = x.astype(dtype)
+        argmax = np.full(y.shape, 255, np.uint8)
+        y2 = max_pool2d(xd, pool, strides, padding, argmax=argmax)
+        np.testing.assert_array_equal(y2, y.astype(dtype))
+        np.testing.assert_array_equal(argmax, ref_argmax(x, pool, s, padding))
+        dx2 = max_pool2d_backward(xd, None, dy.astype(dtype), pool, strides, padding,
+                                  argmax=argmax)
+        np.testing.assert_allclose(dx2, ref_dx, rtol=1e-6, atol=1e-6)
+    dx3 = max_pool2d_backward(x, y, dy, pool, strides, padding, argmax=argmax)
+    np.testing.assert_array_equal(dx3, dx)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -150,8 +180,14 @@ def test_random_shapes(case, monkeypatch):
         y = max_pool2d(x, pool, strides, padding)
         np.testing.assert_array_equal(y, ref_pool(x, pool, s, padding, False))
         dy = rng.standard_normal(y.shape)
+        ref_dx = ref_max_pool_backward(x, dy, pool, s, padding)
         np.testing.assert_allclose(max_pool2d_backward(x, y, dy, pool, strides, padding),
-                                   ref_max_pool_backward(x, dy, pool, s, padding), atol=1e-14)
+                                   ref_dx, atol=1e-14)
+        argmax = np.empty(y.shape, np.uint8)
+        max_pool2d(x, pool, strides, padding, argmax=argmax)
+        np.testing.assert_array_equal(argmax, ref_argmax(x, pool, s, padding))
+        np.testing.assert_allclose(max_pool2d_backward(x, None, dy, pool, strides, padding,
+                                                       argmax=argmax), ref_dx, atol=1e-14)
         np.testing.assert_allclose(avg_pool2d(x, pool, strides, padding),
                                    ref_pool(x, pool, s, padding, True), rtol=1e-13, atol=1e-14)
         np.testing.assert_allclose(avg_pool2d_backward(dy, x.shape, pool, strides, padding),
@@ -175,6 +211,11 @@ def test_max_pool_ties_go_to_first_maximum(threads):
     # whole gradient, the other two send theirs to (1, 1); the sums accumulate.
     dx = max_pool2d_backward(x, max_pool2d(x, 3, 1), np.ones((1, 2, 2, 2)), 3, 1)
     assert dx[0, 1, 0, 0] == 2 and dx[0, 1, 1, 0] == 2 and dx[..., 0].sum() == 4
+    argmax = np.empty((1, 2, 2, 2), np.uint8)
+    max_pool2d(x, 2, argmax=argmax)
+    np.testing.assert_array_equal(argmax[0, 0, 0], [2, 0])   # (1, 0) first; all-zero: (0, 0)
+    np.testing.assert_array_equal(
+        max_pool2d_backward(x, None, np.ones((1, 2, 2, 2)), 2, argmax=argmax), expected)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -188,6 +229,10 @@ def test_float32_and_default_paths(dtype):
     dy = rng.standard_normal(y.shape).astype(dtype)
     np.testing.assert_allclose(max_pool2d_backward(x, y, dy),
                                ref_max_pool_backward(x, dy, (2, 2), (2, 2), "valid"))
+    argmax = np.empty(y.shape, np.uint8)
+    np.testing.assert_array_equal(max_pool2d(x, argmax=argmax), y)
+    np.testing.assert_array_equal(max_pool2d_backward(x, y, dy, argmax=argmax),
+                                  max_pool2d_backward(x, y, dy))
     np.testing.assert_allclose(avg_pool2d(x, 3, 2, "same"),
                                ref_pool(x, (3, 3), (2, 2), "same", True), rtol=1e-5)
     dy = rng.standard_normal((8, 13, 13, 32)).astype(dtype)
@@ -266,6 +311,16 @@ def _bad_cases():
         (lambda: avg_pool2d_backward(y, (2, 6, 6, 0)), ValueError, "input_shape must be"),
         (lambda: avg_pool2d_backward(y, (2, 6, 6, 3), 3), ValueError, "dy must have shape"),
         (lambda: avg_pool2d_backward(y.tolist(), (2, 6, 6, 3)), TypeError, "dy must be"),
+        (lambda: max_pool2d(x, argmax=np.zeros((2, 3, 3, 3), np.int8)), ValueError,
+         "argmax must be a writeable C-contiguous uint8"),
+        (lambda: max_pool2d(x, argmax=np.zeros((2, 3, 3, 2), np.uint8)), ValueError,
+         "argmax must be"),
+        (lambda: max_pool2d(x, argmax=[0]), TypeError, "argmax must be a numpy.ndarray"),
+        (lambda: max_pool2d(np.zeros((1, 17, 17, 1)), 17,
+                            argmax=np.zeros((1, 1, 1, 1), np.uint8)), ValueError, "at most 256"),
+        (lambda: max_pool2d_backward(x, None, y), TypeError, "y must be a numpy.ndarray"),
+        (lambda: max_pool2d_backward(x, y, y, argmax=np.zeros((2, 3, 3, 3), np.float64)),
+         ValueError, "argmax must be a C-contiguous uint8"),
     ]
 
 

@@ -6,39 +6,41 @@ Design
 With channels last, a convolution is an implicit GEMM: row m = (n, oh, ow) of the im2col matrix
 ``col`` (M x K, M = N*OH*OW, K = kh*kw*Cin) holds the input patch under output pixel m, laid out
 (i, j, c) exactly like the first three axes of the kernel, so the kernel reshaped (K, Cout) is the
-GEMM's B matrix as-is and ``y (M x Cout) = col @ W + bias`` (bias and ReLU in the GEMM epilogue).
-A patch row i is ``kw*Cin`` contiguous input values, so im2col is a few memcpy per row.
+GEMM's B matrix as-is and ``y (M x Cout) = col @ W + bias`` (bias and ReLU in the epilogue).
+A patch row i is ``kw*Cin`` contiguous input values.  Three families of kernels, picked by the
+op from the shape (``fastnet.ops.conv``; each can be forced with ``_algorithm``):
 
-Every product goes through the project GEMM (``gemm.pxd``).  Two schedules, picked by the op:
+``implicit`` (the default for most shapes; C in ``csrc/conv/conv_impl.h``, reached through
+``gemm.pxd``, one instance per ISA following the GEMM's dispatch): no col matrix at all.  The
+forward's register tiles (pixels x output channels) read each pixel's window in place through a
+per-tile table of row pointers (padding: a zero row, or the segment is dropped); the kernel is
+packed once per call.  The backward input is the transposed product dy @ W^T computed tile by
+tile and added straight into dx at the window positions (no col2im matrix, every multiply-add
+useful); the backward weight walks chunks of output rows, copies the chunk's input rows
+zero-padded (no bounds checks in the loop) and its dy block (ReLU-masked) into L1-sized
+buffers and accumulates patch^T dy in registers.  Both backward kernels take ``relu_y``, the
+output of a fused ReLU, and mask dy on the fly.  Threads: even ranges of output pixels / rows
+(forward: of (pixel tile, channel panel) units, so batch 1 fills the team too); per-thread
+buffers live in one workspace the op keeps (``implicit_workspace`` elements).
 
-* blocks (``shared=False``): rows [0, M) are cut into ``nthreads`` contiguous blocks, one per
-  prange iteration; each block walks its rows in tiles of ``tile_rows``: im2col the tile into its
-  own panel, then a single-threaded GEMM.  Panels stay in L2 and the team is entered once.
-* shared (``shared=True``): the rows are walked in chunks of ``tile_rows``; each chunk is
-  im2col'ed by the whole team, then one GEMM runs with all the threads.  For small M (batch 1,
-  late layers) where per-thread tiles would be too thin for the GEMM.
+``direct`` (K = kh*kw*Cin <= 32, the first layer's K = 9), where even a register tile over K
+is too short: forward tiles of 4 output pixels x 2 vectors of output channels accumulate
+bias + sum_k x * W[k] from x and a zero-padded copy of the kernel; the backward weight tiles are
+3 or 4 kernel rows x 2 vectors, patch values read from x through per-k offsets, dy masked by
+``relu_y`` a run of pixels at a time.  Per-block partial sums are reduced in a fixed order.
 
-``lower=False`` skips im2col: for a 1x1 kernel with stride 1 the input viewed (M, Cin) is col.
+``gemm`` / ``shared`` / ``1x1`` / ``1x1_shared``: im2col panels + the project GEMM, kept for
+the shapes the others do not cover well (K > 4096, backward with few input channels).  blocks
+(``gemm``): rows [0, M) cut into ``nthreads`` contiguous blocks, each walked in tiles of
+``tile_rows`` (im2col into its own panel, then a 1-thread GEMM); ``shared``: chunks im2col'ed
+by the whole team, then one GEMM with every thread (small M).  ``1x1``: the input viewed (M, Cin)
+is col.  Backward input: ``dcol = dY @ W^T`` then col2im, a gather by input row (rows in
+parallel, no races); backward weight: ``dW = col^T @ dY`` with per-block partial sums.  These
+take an already masked dy (the op masks it first when ``relu_output`` is given).
 
-Backward input: ``dcol = dY @ W^T`` (the GEMM's transposed-B mode on the kernel as-is), then
-col2im.
-col2im is a gather by input row: input row (n, ih) adds the dcol entries of the output rows whose
-windows cover it, so rows can be processed in parallel without races.  In the blocks schedule the
-blocks are whole images.
-
-Backward weight: ``dW = col^T @ dY`` summed over rows.  In the blocks schedule block b accumulates
-its rows into its own partial sum (block 0 directly into dW) and the partials are then added in
-the order b = 1, 2, ... - a partition fixed by ``nthreads`` alone, so results are bitwise
-reproducible for a given thread count.  The bias gradient (column sums of dY) follows the same
-partition.
-
-Direct kernels, for small K (the first layer: K = 9), where the GEMM's inner dimension is too
-short to pay for im2col and packing.  Forward: a register tile of 4 output pixels x 2 vectors of
-output channels accumulates bias + sum_k x * W[k] straight from x and a zero-padded copy of the
-kernel, ReLU applied before the store.  Backward weight: a register tile of 4 kernel rows x 2
-vectors of output channels accumulates patch^T dY over the pixels of a block, the patch values
-read from x through per-k offsets (gathered with bounds checks only at the padded border); the
-per-block partials are reduced in the fixed order as above.
+Reductions over pixels (weight and bias gradients) add per-thread partial sums in thread order:
+results are bitwise reproducible for a given thread count.  The forward and the implicit
+backward input compute each output element on one thread in a fixed order.
 
 All functions trust their arguments: ``fastnet.ops.conv`` validated them.
 """
@@ -46,7 +48,10 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
-from fastnet._kernels.gemm cimport gemm, ACT_NONE, ACT_RELU
+from fastnet._kernels.gemm cimport (
+    gemm, ACT_NONE, ACT_RELU, fn_conv_geom, conv_workspace, sconv_forward, dconv_forward,
+    sconv_backward_input, dconv_backward_input, sconv_backward_weight, dconv_backward_weight,
+    FN_CONV_FORWARD, FN_CONV_BACKWARD_INPUT, FN_CONV_BACKWARD_WEIGHT)
 
 # The inner loops that must run at full vector width live in C: the build uses no -m flags (it
 # runs on any x86-64), so each of these is compiled for AVX-512, AVX2+FMA and baseline and the
@@ -67,12 +72,7 @@ cdef extern from *:
     #endif
     #pragma GCC diagnostic ignored "-Wpsabi"
 
-    typedef struct {
-        ptrdiff_t n, h, w, cin;      /* input */
-        ptrdiff_t oh, ow, cout;      /* output */
-        ptrdiff_t kh, kw, sh, sw;    /* kernel size and strides */
-        ptrdiff_t pt, pl;            /* padding before (top, left) */
-    } fn_conv_geom;
+    #include "fastnet_conv.h"      /* fn_conv_geom */
 
     /* Rows of the small-K weight-gradient accumulator: K rounded up to a tile height of 3 when
      * that pads less than 4 would (K = 9: 9 rows, not 12), else 4. */
@@ -84,6 +84,8 @@ cdef extern from *:
 
     #define FN_LD(V, p) ({ V v_; memcpy(&v_, (p), sizeof v_); v_; })
     #define FN_ST(p, v) do { __typeof__(v) v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
+
+    #define FN_WG_BUF 4096   /* elements of the direct weight gradient's masked-dy buffer */
 
     #define FN_CONV_DEFINE(T, IT, S)                                                               \
     typedef T fn_conv_v##S __attribute__((vector_size(64)));                                    \
@@ -101,6 +103,13 @@ cdef extern from *:
     {                                                                                            \
         for (ptrdiff_t i = 0; i < rows; ++i)                                                     \
             for (ptrdiff_t j = 0; j < cols; ++j) out[j] += a[i * cols + j];                      \
+    }                                                                                            \
+                                                                                                 \
+    /* out[0:n] = dy where y > 0, else 0 (the fused ReLU's backward). */                         \
+    FN_CLONES static void fn_conv_relu_mask_##S(const T *restrict dy, const T *restrict y,       \
+                                                T *restrict out, ptrdiff_t n)                    \
+    {                                                                                            \
+        for (ptrdiff_t i = 0; i < n; ++i) out[i] = y[i] > (T)0 ? dy[i] : (T)0;                   \
     }                                                                                            \
                                                                                                  \
     /* y[0:nc] = act(a, b): the two accumulator vectors of one pixel, relu branch-free. */     \
@@ -187,8 +196,8 @@ cdef extern from *:
      * [co0, co0 + 2 vectors) += patch^T @ dy over the pixels ow0..ow1 of output row r; G is a   \
      * literal 3 or 4 (the function is always inlined, so the arrays live in registers). */     \
     static inline __attribute__((always_inline)) void                                          \
-    fn_conv_wgrad_tile_##S(const T *restrict xn, const T *restrict dyr, T *restrict a,           \
-                           T *restrict bacc, const fn_conv_geom *g, ptrdiff_t ih0,               \
+    fn_conv_wgrad_tile_##S(const T *restrict xn, const T *restrict dyr, ptrdiff_t owb,          \
+                           T *restrict a, T *restrict bacc, const fn_conv_geom *g, ptrdiff_t ih0,\
                            int rows_inside, ptrdiff_t ow0, ptrdiff_t ow1, ptrdiff_t k0,          \
                            ptrdiff_t co0, ptrdiff_t cp, const int G)                             \
     {                                                                                            \
@@ -211,7 +220,7 @@ cdef extern from *:
         const int with_bias = bacc != NULL && k0 == 0;                                           \
         for (ptrdiff_t ow = ow0; ow < ow1; ++ow) {                                               \
             const ptrdiff_t iw0 = ow * g->sw - g->pl;                                            \
-            const T *d = dyr + ow * cout + co0;                                                  \
+            const T *d = dyr + (ow - owb) * cout + co0;                                          \
             V d0, d1;                                                                            \
             if (nc == 2 * VL) {                                                                  \
                 d0 = FN_LD(V, d); d1 = FN_LD(V, d + VL);                                         \
@@ -250,8 +259,11 @@ cdef extern from *:
      * that pads less, else 4: see fn_conv_wgrad_rows), cp = Cout rounded up to 2 vectors; acc   \
      * rows >= K hold garbage, its columns >= Cout stay zero.  Tiles run over one output row's   \
      * pixels at a time (dy stays in L1).  bacc (Cout, may be NULL) += dy summed over the        \
-     * pixels: per output row in registers, then added. */                                      \
+     * pixels: per output row in registers, then added.  y (may be NULL): the fused ReLU's       \
+     * output; dy is masked where y <= 0, a run of pixels at a time into a stack buffer that    \
+     * the tiles then read (once per run, not once per tile). */                                 \
     FN_CLONES static void fn_conv_wgrad_direct_##S(const T *restrict x, const T *restrict dy,    \
+                                                   const T *restrict y,                          \
                                                    T *restrict acc, T *restrict bacc,            \
                                                    const fn_conv_geom *g, ptrdiff_t lo,          \
                                                    ptrdiff_t hi, ptrdiff_t kp, ptrdiff_t cp)     \
@@ -266,16 +278,30 @@ cdef extern from *:
             const int rows_inside = ih0 >= 0 && ih0 + g->kh <= g->h;                             \
             const T *xn = x + n * g->h * g->w * g->cin;                                          \
             const T *dyr = dy + r * g->ow * g->cout;                                             \
-            for (ptrdiff_t k0 = 0; k0 < kp; k0 += G)                                             \
-                for (ptrdiff_t co0 = 0; co0 < g->cout; co0 += 2 * VL) {                          \
-                    T *a = acc + k0 * cp + co0;                                                  \
-                    if (G == 3)                                                                  \
-                        fn_conv_wgrad_tile_##S(xn, dyr, a, bacc, g, ih0, rows_inside, ow0, ow1, \
-                                               k0, co0, cp, 3);                                  \
-                    else                                                                         \
-                        fn_conv_wgrad_tile_##S(xn, dyr, a, bacc, g, ih0, rows_inside, ow0, ow1, \
-                                               k0, co0, cp, 4);                                  \
+            const ptrdiff_t run = y ? (g->cout < FN_WG_BUF ? FN_WG_BUF / g->cout : 1) : ow1 - ow0; \
+            for (ptrdiff_t s0 = ow0; s0 < ow1; s0 += run) {                                      \
+                const ptrdiff_t s1 = ow1 < s0 + run ? ow1 : s0 + run;                            \
+                const T *d = dyr, *yr = y ? y + (r * g->ow + s0) * g->cout : NULL;               \
+                ptrdiff_t owb = 0;                                                               \
+                T buf[FN_WG_BUF];                                                                \
+                if (yr) {       /* the op masks dy itself when Cout > FN_WG_BUF */              \
+                    const T *src = dyr + s0 * g->cout;                                           \
+                    for (ptrdiff_t q = 0; q < (s1 - s0) * g->cout; ++q)                          \
+                        buf[q] = yr[q] > (T)0 ? src[q] : (T)0;                                   \
+                    d = buf;                                                                     \
+                    owb = s0;                                                                    \
                 }                                                                                \
+                for (ptrdiff_t k0 = 0; k0 < kp; k0 += G)                                         \
+                    for (ptrdiff_t co0 = 0; co0 < g->cout; co0 += 2 * VL) {                      \
+                        T *a = acc + k0 * cp + co0;                                              \
+                        if (G == 3)                                                              \
+                            fn_conv_wgrad_tile_##S(xn, d, owb, a, bacc, g, ih0, rows_inside,     \
+                                                   s0, s1, k0, co0, cp, 3);                      \
+                        else                                                                     \
+                            fn_conv_wgrad_tile_##S(xn, d, owb, a, bacc, g, ih0, rows_inside,     \
+                                                   s0, s1, k0, co0, cp, 4);                      \
+                    }                                                                            \
+            }                                                                                    \
             m += ow1 - ow0;                                                                      \
         }                                                                                        \
     }
@@ -284,8 +310,8 @@ cdef extern from *:
     FN_CONV_DEFINE(double, int64_t, d)
     """
     Py_ssize_t fn_conv_wgrad_rows(Py_ssize_t K)
-    ctypedef struct fn_conv_geom:
-        Py_ssize_t n, h, w, cin, oh, ow, cout, kh, kw, sh, sw, pt, pl
+    void fn_conv_relu_mask_s(const float *dy, const float *y, float *out, Py_ssize_t n) nogil
+    void fn_conv_relu_mask_d(const double *dy, const double *y, double *out, Py_ssize_t n) nogil
     void fn_conv_add_s(float *dst, const float *src, Py_ssize_t n) nogil
     void fn_conv_add_d(double *dst, const double *src, Py_ssize_t n) nogil
     void fn_conv_colsum_s(const float *a, Py_ssize_t rows, Py_ssize_t cols, float *out) nogil
@@ -294,12 +320,12 @@ cdef extern from *:
                               Py_ssize_t r, Py_ssize_t cp, int relu) nogil
     void fn_conv_direct_row_d(const double *x, const double *wp, double *y,
                               const fn_conv_geom *g, Py_ssize_t r, Py_ssize_t cp, int relu) nogil
-    void fn_conv_wgrad_direct_s(const float *x, const float *dy, float *acc, float *bacc,
-                                const fn_conv_geom *g, Py_ssize_t lo, Py_ssize_t hi,
-                                Py_ssize_t kp, Py_ssize_t cp) nogil
-    void fn_conv_wgrad_direct_d(const double *x, const double *dy, double *acc, double *bacc,
-                                const fn_conv_geom *g, Py_ssize_t lo, Py_ssize_t hi,
-                                Py_ssize_t kp, Py_ssize_t cp) nogil
+    void fn_conv_wgrad_direct_s(const float *x, const float *dy, const float *y, float *acc,
+                                float *bacc, const fn_conv_geom *g, Py_ssize_t lo,
+                                Py_ssize_t hi, Py_ssize_t kp, Py_ssize_t cp) nogil
+    void fn_conv_wgrad_direct_d(const double *x, const double *dy, const double *y,
+                                double *acc, double *bacc, const fn_conv_geom *g, Py_ssize_t lo,
+                                Py_ssize_t hi, Py_ssize_t kp, Py_ssize_t cp) nogil
 
 ctypedef fn_conv_geom Geometry
 
@@ -418,6 +444,34 @@ cdef inline void affected_rows(Py_ssize_t m0, Py_ssize_t m1, const Geometry *g,
     r_hi[0] = n1 * g.h + imin(g.h, oh1 * g.sh - g.pt + g.kh)
 
 
+# ------------------------------------------------------------------ implicit GEMM (csrc/conv)
+def implicit_workspace(int op, tuple xshape, tuple yshape, Py_ssize_t kh, Py_ssize_t kw,
+                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                       bint use_double, int nthreads):
+    """Elements of workspace the implicit-GEMM kernel ``op`` (0 forward, 1 backward input,
+    2 backward weight) needs for these NHWC shapes: x (N, H, W, Cin), y (N, OH, OW, Cout)."""
+    cdef Geometry g
+    g.n, g.h, g.w, g.cin = xshape
+    g.oh, g.ow, g.cout = yshape[1], yshape[2], yshape[3]
+    g.kh, g.kw, g.sh, g.sw, g.pt, g.pl = kh, kw, sh, sw, pt, pl
+    return conv_workspace(op, &g, use_double, nthreads)
+
+
+def relu_mask(const floating[::1] dy, const floating[::1] y, floating[::1] out, int nthreads):
+    """out = dy where y > 0, else 0: the fused ReLU's backward, for the paths that cannot apply
+    it on the fly."""
+    cdef Py_ssize_t n = dy.shape[0], chunk = 1 << 16, b
+    cdef Py_ssize_t nb = (n + chunk - 1) // chunk
+    with nogil:
+        for b in prange(nb, num_threads=nthreads, schedule='static'):
+            if floating is float:
+                fn_conv_relu_mask_s(&dy[b * chunk], &y[b * chunk], &out[b * chunk],
+                                    imin(chunk, n - b * chunk))
+            else:
+                fn_conv_relu_mask_d(&dy[b * chunk], &y[b * chunk], &out[b * chunk],
+                                    imin(chunk, n - b * chunk))
+
+
 # ---------------------------------------------------------------------------------- forward
 cdef void forward_block(const floating *x, const floating *w, const floating *bias, floating *y,
                         const Geometry *g, bint lower, int act, floating *panel,
@@ -474,10 +528,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                    str algorithm, floating[::1] panel, Py_ssize_t tile_rows, int nthreads):
     """y = act(conv(x, kernel) + bias).
 
-    algorithm 'gemm' / 'shared': im2col in the blocks / shared schedule, ``panel`` holds
-    nthreads*tile_rows*K / tile_rows*K elements; '1x1' / '1x1_shared': no im2col, no panel;
-    'direct': ``panel`` holds the packed weights (1 + K, cp) - bias row then the kernel, columns
-    zero-padded to cp, a multiple of 128 bytes - and tile_rows is cp.
+    algorithm 'implicit': the implicit GEMM of csrc/conv, ``panel`` its workspace
+    (``implicit_workspace``); 'gemm' / 'shared': im2col in the blocks / shared schedule,
+    ``panel`` holds nthreads*tile_rows*K / tile_rows*K elements; '1x1' / '1x1_shared': no
+    im2col, no panel; 'direct': ``panel`` holds the packed weights (1 + K, cp) - bias row then
+    the kernel, columns zero-padded to cp, a multiple of 128 bytes - and tile_rows is cp.
     """
     cdef Geometry g = _geometry(x.shape, y.shape, kernel.shape[0], kernel.shape[1], sh, sw, pt,
                                 pl)
@@ -486,11 +541,19 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef bint lower = not algorithm.startswith("1x1")
     cdef bint shared = algorithm.endswith("shared")
     cdef bint direct = algorithm == "direct"
+    cdef bint implicit = algorithm == "implicit"
     cdef const floating *px = &x[0, 0, 0, 0]
     cdef floating *py = &y[0, 0, 0, 0]
     cdef Py_ssize_t r
     with nogil:
-        if direct:
+        if implicit:
+            if floating is float:
+                sconv_forward(&g, px, &kernel[0, 0, 0, 0], pbias, py, act == ACT_RELU, ppanel,
+                              nthreads)
+            else:
+                dconv_forward(&g, px, &kernel[0, 0, 0, 0], pbias, py, act == ACT_RELU, ppanel,
+                              nthreads)
+        elif direct:
             for r in prange(g.n * g.oh, num_threads=nthreads, schedule='static'):
                 direct_row(px, ppanel, py, &g, r, tile_rows, act == ACT_RELU)
         else:
@@ -527,11 +590,24 @@ cdef void backward_input_images(const floating *dy, const floating *w, floating 
 def conv2d_backward_input(const floating[:, :, :, ::1] dy, const floating[:, ::1] w,
                           floating[:, :, :, ::1] dx, Py_ssize_t kh, Py_ssize_t kw,
                           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                          str algorithm, floating[::1] panel, Py_ssize_t tile_rows, int nthreads):
+                          str algorithm, floating[::1] panel, Py_ssize_t tile_rows, int nthreads,
+                          const floating[:, :, :, ::1] relu_y=None):
     """dx = col2im(dy @ w^T), w = the kernel reshaped (K, Cout) (the GEMM's transposed B).
-    algorithm: 'gemm' (whole images per thread; ``panel`` nthreads*tile_rows*K), 'shared'
-    (``panel`` tile_rows*K), '1x1' / '1x1_shared' (dy @ w^T straight into dx)."""
+    algorithm: 'implicit' (csrc/conv; ``panel`` its workspace; ``relu_y`` masks dy on the fly),
+    'gemm' (whole images per thread; ``panel`` nthreads*tile_rows*K), 'shared' (``panel``
+    tile_rows*K), '1x1' / '1x1_shared' (dy @ w^T straight into dx); these four take an
+    already masked dy."""
     cdef Geometry g = _geometry(dx.shape, dy.shape, kh, kw, sh, sw, pt, pl)
+    cdef const floating *pry = &relu_y[0, 0, 0, 0] if relu_y is not None else NULL
+    if algorithm == "implicit":
+        with nogil:
+            if floating is float:
+                sconv_backward_input(&g, &dy[0, 0, 0, 0], &w[0, 0], pry, &dx[0, 0, 0, 0],
+                                     &panel[0], nthreads)
+            else:
+                dconv_backward_input(&g, &dy[0, 0, 0, 0], &w[0, 0], pry, &dx[0, 0, 0, 0],
+                                     &panel[0], nthreads)
+        return
     cdef Py_ssize_t K = kh * kw * g.cin, M = g.n * g.oh * g.ow, b, n, m0, m1, r, r_lo, r_hi
     cdef floating *ppanel = &panel[0] if panel is not None else NULL
     cdef bint lower = not algorithm.startswith("1x1")
@@ -564,8 +640,9 @@ def conv2d_backward_input(const floating[:, :, :, ::1] dy, const floating[:, ::1
 
 
 # --------------------------------------------------------------------------- backward weight
-cdef void backward_weight_block(const floating *x, const floating *dy, floating *acc,
-                                floating *bacc, const Geometry *g, int mode, floating *panel,
+cdef void backward_weight_block(const floating *x, const floating *dy, const floating *ry,
+                                floating *acc, floating *bacc, const Geometry *g, int mode,
+                                floating *panel,
                                 Py_ssize_t tile_rows, Py_ssize_t kp, Py_ssize_t cp,
                                 Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Pixels [lo, hi) on the calling thread: acc = col^T @ dy, bacc = column sums of dy.
@@ -579,9 +656,9 @@ cdef void backward_weight_block(const floating *x, const floating *dy, floating 
         if bacc != NULL:
             memset(bacc, 0, g.cout * sizeof(floating))
         if floating is float:
-            fn_conv_wgrad_direct_s(x, dy, acc, bacc, g, lo, hi, kp, cp)
+            fn_conv_wgrad_direct_s(x, dy, ry, acc, bacc, g, lo, hi, kp, cp)
         else:
-            fn_conv_wgrad_direct_d(x, dy, acc, bacc, g, lo, hi, kp, cp)
+            fn_conv_wgrad_direct_d(x, dy, ry, acc, bacc, g, lo, hi, kp, cp)
         return
     if lo >= hi:
         memset(acc, 0, K * g.cout * sizeof(floating))
@@ -606,8 +683,12 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, 
                            floating[:, ::1] dw, floating[::1] dbias, Py_ssize_t kh, Py_ssize_t kw,
                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                            str algorithm, floating[::1] panel, Py_ssize_t tile_rows,
-                           floating[::1] partials, floating[::1] bias_partials, int nthreads):
+                           floating[::1] partials, floating[::1] bias_partials, int nthreads,
+                           const floating[:, :, :, ::1] relu_y=None):
     """dw (K, Cout) = col^T @ dy summed over all rows; dbias (Cout,) = dy summed (if not None).
+
+    'implicit' (csrc/conv): ``panel`` its workspace, partials unused.  'implicit' and 'direct'
+    mask dy with ``relu_y`` > 0 on the fly; the other paths take an already masked dy.
 
     'gemm' / '1x1' (blocks schedule): ``partials`` holds (nthreads-1)*K*Cout elements (block 0
     accumulates straight into dw), ``panel`` nthreads*tile_rows*K.  'direct' (blocks, small K,
@@ -630,6 +711,14 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, 
     cdef floating *pdw = &dw[0, 0]
     cdef floating beta = 0
     cdef Py_ssize_t ptile = tile_rows * K if mode == 0 else 0
+    cdef const floating *pry = &relu_y[0, 0, 0, 0] if relu_y is not None else NULL
+    if algorithm == "implicit":
+        with nogil:
+            if floating is float:
+                sconv_backward_weight(&g, px, pdy, pry, pdw, pdb, ppanel, nthreads)
+            else:
+                dconv_backward_weight(&g, px, pdy, pry, pdw, pdb, ppanel, nthreads)
+        return
     if mode == 2:
         cp = (g.cout + 128 // sizeof(floating) - 1) // (128 // sizeof(floating)) \
             * (128 // sizeof(floating))
@@ -638,7 +727,7 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, 
         if mode == 2:
             for b in prange(nthreads, num_threads=nthreads, schedule='static'):
                 backward_weight_block(
-                    px, pdy, ppart + b * KP,
+                    px, pdy, pry, ppart + b * KP,
                     NULL if pdb == NULL else (pdb if b == 0 else pbpart + (b - 1) * g.cout),
                     &g, mode, ppanel + b * ptile, tile_rows, kp, cp,
                     M * b // nthreads, M * (b + 1) // nthreads)
@@ -650,7 +739,7 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, 
         elif not shared:
             for b in prange(nthreads, num_threads=nthreads, schedule='static'):
                 backward_weight_block(
-                    px, pdy, pdw if b == 0 else ppart + (b - 1) * KC,
+                    px, pdy, NULL, pdw if b == 0 else ppart + (b - 1) * KC,
                     NULL if pdb == NULL else (pdb if b == 0 else pbpart + (b - 1) * g.cout),
                     &g, mode, ppanel + b * ptile, tile_rows, kp, cp,
                     M * b // nthreads, M * (b + 1) // nthreads)

@@ -23,3 +23,34 @@ cdef inline void gemm(bint transa, bint transb, Py_ssize_t m, Py_ssize_t n, Py_s
         sgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, act, nthreads)
     else:
         dgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, act, nthreads)
+
+
+# Convolution kernels (csrc/fastnet_conv.h; the C lives in this extension with the GEMM and
+# follows its ISA choice).  ws: fn_conv_workspace(op, g, use_double, nthreads) elements.
+cdef extern from "fastnet_conv.h":
+    ctypedef struct fn_conv_geom:
+        Py_ssize_t n, h, w, cin, oh, ow, cout, kh, kw, sh, sw, pt, pl
+    enum:
+        FN_CONV_FORWARD
+        FN_CONV_BACKWARD_INPUT
+        FN_CONV_BACKWARD_WEIGHT
+
+cdef Py_ssize_t conv_workspace(int op, const fn_conv_geom *g, int use_double,
+                               int nthreads) noexcept nogil
+cdef void sconv_forward(const fn_conv_geom *g, const float *x, const float *w, const float *bias,
+                        float *y, int relu, float *ws, int nthreads) noexcept nogil
+cdef void dconv_forward(const fn_conv_geom *g, const double *x, const double *w,
+                        const double *bias, double *y, int relu, double *ws,
+                        int nthreads) noexcept nogil
+cdef void sconv_backward_input(const fn_conv_geom *g, const float *dy, const float *w,
+                               const float *relu_y, float *dx, float *ws,
+                               int nthreads) noexcept nogil
+cdef void dconv_backward_input(const fn_conv_geom *g, const double *dy, const double *w,
+                               const double *relu_y, double *dx, double *ws,
+                               int nthreads) noexcept nogil
+cdef void sconv_backward_weight(const fn_conv_geom *g, const float *x, const float *dy,
+                                const float *relu_y, float *dw, float *db, float *ws,
+                                int nthreads) noexcept nogil
+cdef void dconv_backward_weight(const fn_conv_geom *g, const double *x, const double *dy,
+                                const double *relu_y, double *dw, double *db, double *ws,
+                                int nthreads) noexcept nogil

@@ -23,6 +23,26 @@ cdef extern from "fastnet_gemm.h":
 cdef extern from "gemm_internal.h":
     int fn_gemm_blocking(const char *name, int use_double, int *sizes)
 
+cdef extern from "fastnet_conv.h":
+    Py_ssize_t fn_conv_workspace(int op, const fn_conv_geom *g, int use_double,
+                                 int nthreads) nogil
+    void fn_sconv_forward(const fn_conv_geom *g, const float *x, const float *w,
+                          const float *bias, float *y, int relu, float *ws, int nthreads) nogil
+    void fn_dconv_forward(const fn_conv_geom *g, const double *x, const double *w,
+                          const double *bias, double *y, int relu, double *ws,
+                          int nthreads) nogil
+    void fn_sconv_backward_input(const fn_conv_geom *g, const float *dy, const float *w,
+                                 const float *relu_y, float *dx, float *ws, int nthreads) nogil
+    void fn_dconv_backward_input(const fn_conv_geom *g, const double *dy, const double *w,
+                                 const double *relu_y, double *dx, double *ws,
+                                 int nthreads) nogil
+    void fn_sconv_backward_weight(const fn_conv_geom *g, const float *x, const float *dy,
+                                  const float *relu_y, float *dw, float *db, float *ws,
+                                  int nthreads) nogil
+    void fn_dconv_backward_weight(const fn_conv_geom *g, const double *x, const double *dy,
+                                  const double *relu_y, double *dw, double *db, double *ws,
+                                  int nthreads) nogil
+
 
 cdef void sgemm(bint transa, bint transb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
                 const float *a, Py_ssize_t lda, const float *b, Py_ssize_t ldb, float beta,
@@ -34,6 +54,46 @@ cdef void dgemm(bint transa, bint transb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t
                 const double *a, Py_ssize_t lda, const double *b, Py_ssize_t ldb, double beta,
                 double *c, Py_ssize_t ldc, const double *bias, int act, int nthreads) noexcept nogil:
     fn_dgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, act, nthreads)
+
+
+cdef Py_ssize_t conv_workspace(int op, const fn_conv_geom *g, int use_double,
+                               int nthreads) noexcept nogil:
+    return fn_conv_workspace(op, g, use_double, nthreads)
+
+
+cdef void sconv_forward(const fn_conv_geom *g, const float *x, const float *w, const float *bias,
+                        float *y, int relu, float *ws, int nthreads) noexcept nogil:
+    fn_sconv_forward(g, x, w, bias, y, relu, ws, nthreads)
+
+
+cdef void dconv_forward(const fn_conv_geom *g, const double *x, const double *w,
+                        const double *bias, double *y, int relu, double *ws,
+                        int nthreads) noexcept nogil:
+    fn_dconv_forward(g, x, w, bias, y, relu, ws, nthreads)
+
+
+cdef void sconv_backward_input(const fn_conv_geom *g, const float *dy, const float *w,
+                               const float *relu_y, float *dx, float *ws,
+                               int nthreads) noexcept nogil:
+    fn_sconv_backward_input(g, dy, w, relu_y, dx, ws, nthreads)
+
+
+cdef void dconv_backward_input(const fn_conv_geom *g, const double *dy, const double *w,
+                               const double *relu_y, double *dx, double *ws,
+                               int nthreads) noexcept nogil:
+    fn_dconv_backward_input(g, dy, w, relu_y, dx, ws, nthreads)
+
+
+cdef void sconv_backward_weight(const fn_conv_geom *g, const float *x, const float *dy,
+                                const float *relu_y, float *dw, float *db, float *ws,
+                                int nthreads) noexcept nogil:
+    fn_sconv_backward_weight(g, x, dy, relu_y, dw, db, ws, nthreads)
+
+
+cdef void dconv_backward_weight(const fn_conv_geom *g, const double *x, const double *dy,
+                                const double *relu_y, double *dw, double *db, double *ws,
+                                int nthreads) noexcept nogil:
+    fn_dconv_backward_weight(g, x, dy, relu_y, dw, db, ws, nthreads)
 
 
 def gemm_into(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, bint transa, bint transb,

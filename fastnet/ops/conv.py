@@ -40,9 +40,13 @@ _SHARED_BYTES = 4 * 1024 * 1024
 _MIN_ROWS_PER_THREAD = 128     # fewer output pixels per thread: one GEMM with every thread
 _DIRECT_MAX_K = 32             # kh*kw*Cin up to this: the direct kernel beats im2col + GEMM
 _PARALLEL_MIN_WORK = 1 << 20   # multiply-adds below which a kernel runs on one thread
-_FORWARD_ALGORITHMS = ("direct", "gemm", "shared", "1x1", "1x1_shared")
-_BACKWARD_INPUT_ALGORITHMS = ("gemm", "shared", "1x1", "1x1_shared")
-_BACKWARD_WEIGHT_ALGORITHMS = ("direct", "gemm", "shared", "1x1", "1x1_shared")
+_DIRECT_MASK_MAX_COUT = 4096   # the direct weight gradient masks dy in a buffer of this size
+_IMPLICIT_MAX_K = 4096         # kh*kw*Cin above this: im2col + the blocked GEMM (B leaves L2)
+_IMPLICIT_MIN_CIN = 16         # backward: fewer input channels fill too little of a vector tile
+_FORWARD_ALGORITHMS = ("direct", "implicit", "gemm", "shared", "1x1", "1x1_shared")
+_BACKWARD_INPUT_ALGORITHMS = ("implicit", "gemm", "shared", "1x1", "1x1_shared")
+_BACKWARD_WEIGHT_ALGORITHMS = ("direct", "implicit", "gemm", "shared", "1x1", "1x1_shared")
+_IMPLICIT_OPS = {"forward": 0, "backward_input": 1, "backward_weight": 2}
 
 
 # ------------------------------------------------------------------------------ argument checks
@@ -102,6 +106,32 @@ def _padded_channels(cout, dtype):
     return -(-cout // lanes) * lanes
 
 
+def _implicit_workspace(op, xshape, yshape, kh, kw, strides, pads, dtype, nthreads):
+    """The implicit-GEMM kernels' workspace: packed kernel, pointer tables, per-thread buffers."""
+    size = _kernels.implicit_workspace(_IMPLICIT_OPS[op], tuple(xshape), tuple(yshape), kh, kw,
+                                       strides[0], strides[1], pads[0], pads[1],
+                                       np.dtype(dtype) == np.float64, nthreads)
+    return scratch("conv.implicit", (size,), dtype)
+
+
+def _check_relu_output(relu_output, dy):
+    """The forward output of a fused ReLU (same shape and dtype as dy), or None."""
+    if relu_output is None:
+        return None
+    relu_output = check_array(relu_output, "relu_output", ndim=4, dtype=dy.dtype)
+    if relu_output.shape != dy.shape:
+        raise ValueError(f"relu_output must have the shape of dy {dy.shape}, "
+                         f"got {relu_output.shape}")
+    return relu_output
+
+
+def _masked(dy, relu_output, nthreads):
+    """dy where relu_output > 0, else 0, in scratch (for the paths that cannot mask on the fly)."""
+    out = scratch("conv.masked_dy", dy.shape, dy.dtype)
+    _kernels.relu_mask(dy.reshape(-1), relu_output.reshape(-1), out.reshape(-1), nthreads)
+    return out
+
+
 def _panel(algorithm, rows, k, dtype, nthreads, block_rows=None):
     """(panel, tile_rows) for an im2col / dcol workspace; panel None when no im2col."""
     itemsize = np.dtype(dtype).itemsize
@@ -157,8 +187,11 @@ def conv2d(x, kernel, bias=None, *, strides=1, padding="valid", activation=None,
     if algorithm is None:
         pointwise = (kh, kw, *strides) == (1, 1, 1, 1)
         algorithm = "direct" if k <= _DIRECT_MAX_K and not pointwise else \
-            _schedule(rows, nthreads, pointwise)
-    if algorithm == "direct":
+            "implicit" if k <= _IMPLICIT_MAX_K else _schedule(rows, nthreads, pointwise)
+    if algorithm == "implicit":
+        panel, tile = _implicit_workspace("forward", x.shape, out.shape, kh, kw, strides,
+                                          (pt, pl), x.dtype, nthreads), 0
+    elif algorithm == "direct":
         # Packed weights: the bias row then the kernel rows, columns zero-padded to cp.
         tile = _padded_channels(cout, x.dtype)
         panel = scratch("conv.panel", ((1 + k) * tile,), x.dtype)
@@ -174,12 +207,14 @@ def conv2d(x, kernel, bias=None, *, strides=1, padding="valid", activation=None,
 
 
 def conv2d_backward_input(dy, kernel, input_shape, *, strides=1, padding="valid", out=None,
-                          _algorithm=None):
+                          relu_output=None, _algorithm=None):
     """Gradient of ``conv2d`` with respect to its input.
 
     dy (N, OH, OW, Cout) and kernel (kh, kw, Cin, Cout) of the same float dtype; input_shape the
-    forward input's shape (N, H, W, Cin).  Returns dx of shape ``input_shape`` (into ``out``
-    when given).
+    forward input's shape (N, H, W, Cin).  ``relu_output``: the output y of a forward with
+    ``activation='relu'`` (shaped like dy); dy is then masked where y <= 0 inside the kernel
+    (the ReLU's backward, without a separate pass).  Returns dx of shape ``input_shape`` (into
+    ``out`` when given).
     """
     dy = check_array(dy, "dy", ndim=4)
     kernel = check_array(kernel, "kernel", ndim=4, dtype=dy.dtype)
@@ -196,33 +231,45 @@ def conv2d_backward_input(dy, kernel, input_shape, *, strides=1, padding="valid"
     if dy.shape != (n, oh, ow, cout):
         raise ValueError(f"dy must have shape {(n, oh, ow, cout)} (the conv2d output for "
                          f"input_shape {input_shape}), got {dy.shape}")
+    relu_output = _check_relu_output(relu_output, dy)
     out = check_out(out, "out", input_shape, dy.dtype)
-    _check_no_overlap(out, "out", dy, kernel)
+    _check_no_overlap(out, "out", dy, kernel, relu_output)
     algorithm = _check_algorithm(_algorithm, _BACKWARD_INPUT_ALGORITHMS, kh, kw, strides)
 
     rows, k = n * oh * ow, kh * kw * cin
     nthreads = _threads(rows * k * cout)
     pointwise = (kh, kw, *strides) == (1, 1, 1, 1)
     if algorithm is None:
-        # Whole images per thread need at least one image per thread.
-        algorithm = ("1x1" if pointwise else "gemm") if n >= nthreads else \
-            ("1x1_shared" if pointwise else "shared")
-    panel, tile = _panel(algorithm, rows, k, dy.dtype, nthreads,
-                         block_rows=-(-n // nthreads) * oh * ow)
+        if cin >= _IMPLICIT_MIN_CIN and k <= _IMPLICIT_MAX_K:
+            algorithm = "implicit"
+        else:   # whole images per thread need at least one image per thread
+            algorithm = ("1x1" if pointwise else "gemm") if n >= nthreads else \
+                ("1x1_shared" if pointwise else "shared")
+    if algorithm == "implicit":
+        panel, tile = _implicit_workspace("backward_input", input_shape, dy.shape, kh, kw,
+                                          strides, (pt, pl), dy.dtype, nthreads), 0
+    else:
+        if relu_output is not None:
+            dy, relu_output = _masked(dy, relu_output, nthreads), None
+        panel, tile = _panel(algorithm, rows, k, dy.dtype, nthreads,
+                             block_rows=-(-n // nthreads) * oh * ow)
     _kernels.conv2d_backward_input(dy, kernel.reshape(k, cout), out, kh, kw, strides[0],
-                                   strides[1], pt, pl, algorithm, panel, tile, nthreads)
+                                   strides[1], pt, pl, algorithm, panel, tile, nthreads,
+                                   relu_output)
     return out
 
 
 def conv2d_backward_weight(x, dy, kernel_size, *, strides=1, padding="valid", out=None,
-                           bias_grad=None, _algorithm=None):
+                           bias_grad=None, relu_output=None, _algorithm=None):
     """Gradients of ``conv2d`` with respect to its kernel and (optionally) its bias.
 
     x (N, H, W, Cin) the forward input, dy (N, OH, OW, Cout) of the same float dtype,
-    kernel_size an int or (kh, kw).  Returns the pair ``(dkernel, bias_grad)``: dkernel
-    (kh, kw, Cin, Cout), written into ``out`` when given; ``bias_grad`` is None when not given,
-    else the caller's (Cout,) array, filled with dy summed over N, OH and OW.  The pair is
-    returned either way, so ``dk, db = conv2d_backward_weight(...)`` always works.
+    kernel_size an int or (kh, kw).  ``relu_output``: the output y of a forward with
+    ``activation='relu'`` (shaped like dy); dy is then masked where y <= 0 inside the kernel.
+    Returns the pair ``(dkernel, bias_grad)``: dkernel (kh, kw, Cin, Cout), written into
+    ``out`` when given; ``bias_grad`` is None when not given, else the caller's (Cout,) array,
+    filled with the (masked) dy summed over N, OH and OW.  The pair is returned either way, so
+    ``dk, db = conv2d_backward_weight(...)`` always works.
 
     Sums over the batch are reduced in an order fixed by the thread count only: results are
     bitwise reproducible for a given ``fastnet.set_num_threads``.
@@ -239,14 +286,15 @@ def conv2d_backward_weight(x, dy, kernel_size, *, strides=1, padding="valid", ou
         raise ValueError(f"dy must have shape {(n, oh, ow)} + (Cout,) (the conv2d output for "
                          f"x of shape {x.shape}), got {dy.shape}")
     cout = dy.shape[3]
+    relu_output = _check_relu_output(relu_output, dy)
     out = check_out(out, "out", (kh, kw, cin, cout), x.dtype)
-    _check_no_overlap(out, "out", x, dy)
+    _check_no_overlap(out, "out", x, dy, relu_output)
     if bias_grad is not None:
         if not isinstance(bias_grad, np.ndarray):
             raise TypeError(f"bias_grad must be a numpy.ndarray or None, "
                             f"got {type(bias_grad).__name__}")
         check_out(bias_grad, "bias_grad", (cout,), x.dtype)
-        _check_no_overlap(bias_grad, "bias_grad", x, dy, out)
+        _check_no_overlap(bias_grad, "bias_grad", x, dy, out, relu_output)
     algorithm = _check_algorithm(_algorithm, _BACKWARD_WEIGHT_ALGORITHMS, kh, kw, strides)
 
     rows, k = n * oh * ow, kh * kw * cin
@@ -254,9 +302,16 @@ def conv2d_backward_weight(x, dy, kernel_size, *, strides=1, padding="valid", ou
     if algorithm is None:
         pointwise = (kh, kw, *strides) == (1, 1, 1, 1)
         algorithm = "direct" if k <= _DIRECT_MAX_K and not pointwise else \
+            "implicit" if cin >= _IMPLICIT_MIN_CIN and k <= _IMPLICIT_MAX_K else \
             _schedule(rows, nthreads, pointwise)
+    if relu_output is not None and (algorithm not in ("direct", "implicit") or (
+            algorithm == "direct" and cout > _DIRECT_MASK_MAX_COUT)):
+        dy, relu_output = _masked(dy, relu_output, nthreads), None
     partials = bias_partials = None
-    if algorithm == "direct":
+    if algorithm == "implicit":
+        panel, tile = _implicit_workspace("backward_weight", x.shape, dy.shape, kh, kw, strides,
+                                          (pt, pl), x.dtype, nthreads), 0
+    elif algorithm == "direct":
         # Per-block partial sums (kp, cp): K rounded up to the kernel's register tile.
         kp, cp = _kernels.direct_weight_rows(k), _padded_channels(cout, x.dtype)
         panel, tile = None, 0
@@ -265,9 +320,9 @@ def conv2d_backward_weight(x, dy, kernel_size, *, strides=1, padding="valid", ou
         panel, tile = _panel(algorithm, rows, k, x.dtype, nthreads)
         if not algorithm.endswith("shared") and nthreads > 1:
             partials = scratch("conv.partials", ((nthreads - 1) * k * cout,), x.dtype)
-    if bias_grad is not None and nthreads > 1:
+    if bias_grad is not None and nthreads > 1 and algorithm != "implicit":
         bias_partials = scratch("conv.bias_partials", ((nthreads - 1) * cout,), x.dtype)
     _kernels.conv2d_backward_weight(x, dy, out.reshape(k, cout), bias_grad, kh, kw, strides[0],
                                     strides[1], pt, pl, algorithm, panel, tile, partials,
-                                    bias_partials, nthreads)
+                                    bias_partials, nthreads, relu_output)
     return out, bias_grad

@@ -63,24 +63,45 @@ def _threads(out_shape, pool):
     return 1 if work < _PARALLEL_MIN_WORK else config.get_num_threads()
 
 
-def _forward(x, pool_size, strides, padding, out, average):
+def _check_argmax(argmax, yshape, pool, writeable):
+    """The uint8 argmax buffer (shaped like y), or None."""
+    if argmax is None:
+        return None
+    if not isinstance(argmax, np.ndarray):
+        raise TypeError(f"argmax must be a numpy.ndarray or None, got {type(argmax).__name__}")
+    if argmax.dtype != np.uint8 or argmax.shape != tuple(yshape) or \
+            not argmax.flags.c_contiguous or (writeable and not argmax.flags.writeable):
+        raise ValueError(f"argmax must be a{' writeable' if writeable else ''} C-contiguous "
+                         f"uint8 array of shape {tuple(yshape)}, got {argmax.dtype} "
+                         f"{argmax.shape}")
+    if pool[0] * pool[1] > 256:
+        raise ValueError(f"argmax needs a pool of at most 256 elements, got {pool}")
+    return argmax
+
+
+def _forward(x, pool_size, strides, padding, out, average, argmax=None):
     x = check_array(x, "x", ndim=4)
     _check_nonempty(x, "x")
     pool, strides, yshape, (pt, pl) = _window(x.shape, pool_size, strides, padding)
     out = check_out(out, "out", yshape, x.dtype)
     _check_no_overlap(out, "out", x)
+    argmax = _check_argmax(argmax, yshape, pool, True)
+    _check_no_overlap(argmax, "argmax", x, out)
     _kernels.pool2d_forward(x, out, average, pool[0], pool[1], strides[0], strides[1], pt, pl,
-                            _threads(yshape, pool))
+                            _threads(yshape, pool), argmax)
     return out
 
 
-def max_pool2d(x, pool_size=2, strides=None, padding="valid", out=None):
+def max_pool2d(x, pool_size=2, strides=None, padding="valid", out=None, argmax=None):
     """Max over every ``pool_size`` window of x (N, H, W, C), float32 or float64.
 
     pool_size and strides are ints or pairs (strides default: pool_size); padding 'valid' or
-    'same'.  Returns y (N, OH, OW, C), written into ``out`` when given.
+    'same'.  Returns y (N, OH, OW, C), written into ``out`` when given.  ``argmax``: an
+    optional uint8 array shaped like y (pools of at most 256 elements), filled with the
+    position ``i * pool_w + j`` of each window's first maximum (row-major); give it to
+    ``max_pool2d_backward``, which then reads one byte per output instead of x and y.
     """
-    return _forward(x, pool_size, strides, padding, out, False)
+    return _forward(x, pool_size, strides, padding, out, False, argmax)
 
 
 def avg_pool2d(x, pool_size=2, strides=None, padding="valid", out=None):
@@ -89,29 +110,34 @@ def avg_pool2d(x, pool_size=2, strides=None, padding="valid", out=None):
     return _forward(x, pool_size, strides, padding, out, True)
 
 
-def max_pool2d_backward(x, y, dy, pool_size=2, strides=None, padding="valid", out=None):
+def max_pool2d_backward(x, y, dy, pool_size=2, strides=None, padding="valid", out=None,
+                        argmax=None):
     """Gradient of ``max_pool2d`` with respect to x.
 
     x is the forward input, y the forward output ``max_pool2d(x, ...)`` and dy the gradient of
     y, all of one float dtype; the window arguments must be the forward's.  Each window's
     gradient goes to its first maximum in row-major order (TensorFlow's rule); overlapping
-    windows accumulate.  Returns dx shaped like x (into ``out`` when given).
+    windows accumulate.  ``argmax``: the array the forward filled; then x is used for its shape
+    only, and y may be None.  Returns dx shaped like x (into ``out`` when given).
     """
     x = check_array(x, "x", ndim=4)
-    y = check_array(y, "y", ndim=4, dtype=x.dtype)
     dy = check_array(dy, "dy", ndim=4, dtype=x.dtype)
     _check_nonempty(x, "x")
     pool, strides, yshape, (pt, pl) = _window(x.shape, pool_size, strides, padding)
+    argmax = _check_argmax(argmax, yshape, pool, False)
+    if y is None and argmax is not None:
+        y = dy   # not read
+    y = check_array(y, "y", ndim=4, dtype=x.dtype)
     if y.shape != yshape:
         raise ValueError(f"y must have shape {yshape} (max_pool2d of x), got {y.shape}")
     if dy.shape != yshape:
         raise ValueError(f"dy must have shape {yshape} (like y), got {dy.shape}")
     out = check_out(out, "out", x.shape, x.dtype)
-    _check_no_overlap(out, "out", x, y, dy)
+    _check_no_overlap(out, "out", x, y, dy, argmax)
     nthreads = _threads(yshape, pool)
     pending = _pending(nthreads, x.shape[3], x.dtype)
     _kernels.max_pool2d_backward(x, y, dy, out, pool[0], pool[1], strides[0], strides[1], pt,
-                                 pl, pending, nthreads)
+                                 pl, pending, nthreads, argmax)
     return out
 
 
