@@ -78,18 +78,22 @@ class Conv2D(ActivationMixin, Layer):
                                out=self.buffer("folded", (x.shape[0],) + self.output_shape))
 
     def backward(self, dy):
-        dy = self.activation_grad(dy, self._y,
-                                  self._z if self.activation in act_ops.NEEDS_INPUT else None)
+        relu = None
+        if self.activation == "relu" and not self.skip_activation_grad:
+            relu = self._y  # the kernels mask dy by y > 0 as they read it: no separate pass
+        else:
+            dy = self.activation_grad(dy, self._y,
+                                      self._z if self.activation in act_ops.NEEDS_INPUT else None)
         if self.trainable:        # a frozen layer's weights get no gradient
             conv_ops.conv2d_backward_weight(
                 self._x, dy, self.kernel_size, strides=self.strides, padding=self.padding,
-                out=self.grads["kernel"], bias_grad=self.grads.get("bias"))
+                out=self.grads["kernel"], bias_grad=self.grads.get("bias"), relu_output=relu)
             self.add_regularization_grads()
         if not self.need_input_grad:
             return None
         return conv_ops.conv2d_backward_input(
             dy, self.params["kernel"], self._x.shape, strides=self.strides, padding=self.padding,
-            out=self.buffer("dx", self._x.shape))
+            out=self.buffer("dx", self._x.shape), relu_output=relu)
 
     def get_config(self):
         cfg = super().get_config()
