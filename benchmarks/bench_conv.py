@@ -64,6 +64,7 @@ CONV_OPS = ("fwd", "bwd", "bwd-w")
 POOL_OPS = ("fwd", "bwd")
 FASTNET_EXTRA = {"conv": ("bwd+relu", "bwd-w+relu"), "pool": ("fwd-noargmax", "bwd-xy")}
 TUNED_ALLOC = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "10000000000"}
+ALGORITHMS = ["direct", "implicit", "gemm", "shared"]   # --algorithms: forced kernel paths
 TORCH_KINDS = ("torch-nchw", "torch-cl", "torch-nchw-alloc", "torch-cl-alloc")
 
 
@@ -203,7 +204,7 @@ def _child(kind, threads, big, only, algorithms):
     if kind == "fastnet":
         import fastnet
         fastnet.set_num_threads(threads)
-        algs = [None] + (["direct", "gemm", "shared"] if algorithms else [])
+        algs = [None] + (ALGORITHMS if algorithms else [])
         for name, op in _cells(big, only, extra=True):
             for alg in algs:
                 if name == POOL_NAME:
@@ -295,7 +296,7 @@ def main():
         for t in thread_counts:
             fastnet.set_num_threads(t)
             for name, op in _cells(big, only, extra=True):
-                algs = [None] + (["direct", "gemm", "shared"] if args.algorithms else [])
+                algs = [None] + (ALGORITHMS if args.algorithms else [])
                 for alg in algs if name != POOL_NAME else [None]:
                     ops = fastnet_pool_ops() if name == POOL_NAME else fastnet_conv_ops(name, alg)
                     try:

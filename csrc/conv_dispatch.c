@@ -72,3 +72,28 @@ void fn_dconv_backward_weight(const fn_conv_geom *g, const double *x, const doub
 {
     current()->backward_weight_d(g, x, dy, relu_y, dw, db, ws, nthreads);
 }
+
+void fn_sconv_direct_forward(const fn_conv_geom *g, const float *x, const float *w,
+                             const float *bias, float *y, int relu, float *ws, int nthreads)
+{
+    current()->direct_forward_s(g, x, w, bias, y, relu, ws, nthreads);
+}
+
+void fn_dconv_direct_forward(const fn_conv_geom *g, const double *x, const double *w,
+                             const double *bias, double *y, int relu, double *ws, int nthreads)
+{
+    current()->direct_forward_d(g, x, w, bias, y, relu, ws, nthreads);
+}
+
+void fn_sconv_direct_weight(const fn_conv_geom *g, const float *x, const float *dy,
+                            const float *relu_y, float *dw, float *db, float *ws, int nthreads)
+{
+    current()->direct_weight_s(g, x, dy, relu_y, dw, db, ws, nthreads);
+}
+
+void fn_dconv_direct_weight(const fn_conv_geom *g, const double *x, const double *dy,
+                            const double *relu_y, double *dw, double *db, double *ws,
+                            int nthreads)
+{
+    current()->direct_weight_d(g, x, dy, relu_y, dw, db, ws, nthreads);
+}

@@ -8,6 +8,7 @@
  *   forward          y  = act(conv(x, w) + bias)                        (any stride, padding)
  *   backward_input   dx = conv^T(dy * [relu_y > 0], w)                   (any stride, padding)
  *   backward_weight  dw = sum over pixels of patch^T (dy * [relu_y > 0]); db = column sums
+ *   direct_forward / direct_weight: the same for small kw*Cin, register tiles over pixels
  *
  * relu_y (may be NULL) is the forward output of a fused ReLU: the gradient is masked where it
  * is not positive, on the fly.  ws is a workspace of fn_conv_workspace(op, g, dbl, nthreads)
@@ -35,6 +36,8 @@ typedef struct {
 #define FN_CONV_FORWARD 0
 #define FN_CONV_BACKWARD_INPUT 1
 #define FN_CONV_BACKWARD_WEIGHT 2
+#define FN_CONV_DIRECT_FORWARD 3
+#define FN_CONV_DIRECT_WEIGHT 4
 
 ptrdiff_t fn_conv_workspace(int op, const fn_conv_geom *g, int use_double, int nthreads);
 
@@ -46,6 +49,17 @@ void fn_sconv_backward_input(const fn_conv_geom *g, const float *dy, const float
                              const float *relu_y, float *dx, float *ws, int nthreads);
 void fn_dconv_backward_input(const fn_conv_geom *g, const double *dy, const double *w,
                              const double *relu_y, double *dx, double *ws, int nthreads);
+/* Direct kernels for small kw*Cin (csrc/conv/direct_impl.h): same contracts as forward and
+ * backward_weight (relu_y: Cout <= 4096). */
+void fn_sconv_direct_forward(const fn_conv_geom *g, const float *x, const float *w,
+                             const float *bias, float *y, int relu, float *ws, int nthreads);
+void fn_dconv_direct_forward(const fn_conv_geom *g, const double *x, const double *w,
+                             const double *bias, double *y, int relu, double *ws, int nthreads);
+void fn_sconv_direct_weight(const fn_conv_geom *g, const float *x, const float *dy,
+                            const float *relu_y, float *dw, float *db, float *ws, int nthreads);
+void fn_dconv_direct_weight(const fn_conv_geom *g, const double *x, const double *dy,
+                            const double *relu_y, double *dw, double *db, double *ws,
+                            int nthreads);
 void fn_sconv_backward_weight(const fn_conv_geom *g, const float *x, const float *dy,
                               const float *relu_y, float *dw, float *db, float *ws,
                               int nthreads);

@@ -21,6 +21,14 @@ typedef struct {
                               float *, float *, float *, int);
     void (*backward_weight_d)(const fn_conv_geom *, const double *, const double *,
                               const double *, double *, double *, double *, int);
+    void (*direct_forward_s)(const fn_conv_geom *, const float *, const float *, const float *,
+                             float *, int, float *, int);
+    void (*direct_forward_d)(const fn_conv_geom *, const double *, const double *,
+                             const double *, double *, int, double *, int);
+    void (*direct_weight_s)(const fn_conv_geom *, const float *, const float *, const float *,
+                            float *, float *, float *, int);
+    void (*direct_weight_d)(const fn_conv_geom *, const double *, const double *,
+                            const double *, double *, double *, double *, int);
 } fn_conv_table;
 
 /* Instantiates conv_impl.h for float and double and defines the table `fn_conv_table_<ISA>`
@@ -37,6 +45,8 @@ typedef struct {
         FN_CONV_FN(forward, s), FN_CONV_FN(forward, d),                                          \
         FN_CONV_FN(backward_input, s), FN_CONV_FN(backward_input, d),                            \
         FN_CONV_FN(backward_weight, s), FN_CONV_FN(backward_weight, d),                          \
+        FN_CONV_FN(direct_forward, s), FN_CONV_FN(direct_forward, d),                            \
+        FN_CONV_FN(direct_weight, s), FN_CONV_FN(direct_weight, d),                              \
     };
 
 extern const fn_conv_table fn_conv_table_generic;

@@ -23,11 +23,11 @@ output of a fused ReLU, and mask dy on the fly.  Threads: even ranges of output 
 (forward: of (pixel tile, channel panel) units, so batch 1 fills the team too); per-thread
 buffers live in one workspace the op keeps (``implicit_workspace`` elements).
 
-``direct`` (K = kh*kw*Cin <= 32, the first layer's K = 9), where even a register tile over K
-is too short: forward tiles of 4 output pixels x 2 vectors of output channels accumulate
-bias + sum_k x * W[k] from x and a zero-padded copy of the kernel; the backward weight tiles are
-3 or 4 kernel rows x 2 vectors, patch values read from x through per-k offsets, dy masked by
-``relu_y`` a run of pixels at a time.  Per-block partial sums are reduced in a fixed order.
+``direct`` (small kw*Cin: the first layer, K = 9; C in ``csrc/conv/direct_impl.h``, per ISA
+too), where the implicit GEMM's segments would be too short: forward tiles of 4 output pixels x
+2 vectors of output channels accumulate bias + sum_k x * W[k] from x and a zero-padded copy of
+the kernel; the backward weight tiles are 3 or 4 kernel rows x 2 vectors, patch values read from
+x through per-k offsets, dy masked by ``relu_y`` a run of pixels at a time.
 
 ``gemm`` / ``shared`` / ``1x1`` / ``1x1_shared``: im2col panels + the project GEMM, kept for
 the shapes the others do not cover well (K > 4096, backward with few input channels).  blocks
@@ -51,12 +51,11 @@ from libc.string cimport memcpy, memset
 from fastnet._kernels.gemm cimport (
     gemm, ACT_NONE, ACT_RELU, fn_conv_geom, conv_workspace, sconv_forward, dconv_forward,
     sconv_backward_input, dconv_backward_input, sconv_backward_weight, dconv_backward_weight,
-    FN_CONV_FORWARD, FN_CONV_BACKWARD_INPUT, FN_CONV_BACKWARD_WEIGHT)
+    sconv_direct_forward, dconv_direct_forward, sconv_direct_weight, dconv_direct_weight)
 
-# The inner loops that must run at full vector width live in C: the build uses no -m flags (it
-# runs on any x86-64), so each of these is compiled for AVX-512, AVX2+FMA and baseline and the
-# loader picks one per CPU (GCC target_clones, an ifunc).  Vectors are GCC vector types of 64
-# bytes: one zmm, two ymm or four xmm.
+# The helper loops of the im2col paths, in C: the build uses no -m flags (it runs on any x86-64),
+# so each is compiled for AVX-512, AVX2+FMA and baseline and the loader picks one per CPU (GCC
+# target_clones, an ifunc).  The convolution kernels proper are in csrc/conv (per-ISA objects).
 cdef extern from *:
     r"""
     #include <stddef.h>
@@ -70,27 +69,10 @@ cdef extern from *:
     #else
     #  define FN_CLONES
     #endif
-    #pragma GCC diagnostic ignored "-Wpsabi"
 
     #include "fastnet_conv.h"      /* fn_conv_geom */
 
-    /* Rows of the small-K weight-gradient accumulator: K rounded up to a tile height of 3 when
-     * that pads less than 4 would (K = 9: 9 rows, not 12), else 4. */
-    static inline ptrdiff_t fn_conv_wgrad_rows(ptrdiff_t K)
-    {
-        const ptrdiff_t by3 = (K + 2) / 3 * 3, by4 = (K + 3) / 4 * 4;
-        return by3 < by4 ? by3 : by4;
-    }
-
-    #define FN_LD(V, p) ({ V v_; memcpy(&v_, (p), sizeof v_); v_; })
-    #define FN_ST(p, v) do { __typeof__(v) v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
-
-    #define FN_WG_BUF 4096   /* elements of the direct weight gradient's masked-dy buffer */
-
     #define FN_CONV_DEFINE(T, IT, S)                                                               \
-    typedef T fn_conv_v##S __attribute__((vector_size(64)));                                    \
-    typedef IT fn_conv_m##S __attribute__((vector_size(64)));                                   \
-                                                                                                 \
     /* dst[0:n] += src[0:n] */                                                                   \
     FN_CLONES static void fn_conv_add_##S(T *restrict dst, const T *restrict src, ptrdiff_t n)  \
     {                                                                                            \
@@ -110,229 +92,19 @@ cdef extern from *:
                                                 T *restrict out, ptrdiff_t n)                    \
     {                                                                                            \
         for (ptrdiff_t i = 0; i < n; ++i) out[i] = y[i] > (T)0 ? dy[i] : (T)0;                   \
-    }                                                                                            \
-                                                                                                 \
-    /* y[0:nc] = act(a, b): the two accumulator vectors of one pixel, relu branch-free. */     \
-    static inline __attribute__((always_inline)) void                                          \
-    fn_conv_put_##S(T *restrict y, ptrdiff_t nc, fn_conv_v##S a, fn_conv_v##S b, int relu)      \
-    {                                                                                            \
-        typedef fn_conv_v##S V;                                                                  \
-        typedef fn_conv_m##S M;                                                                  \
-        enum { VL = 64 / sizeof(T) };                                                            \
-        if (relu) {                                                                              \
-            const V zero = {0};                                                                  \
-            a = (V)((M)a & (a > zero)); b = (V)((M)b & (b > zero));                              \
-        }                                                                                        \
-        if (nc == 2 * VL) {                                                                      \
-            FN_ST(y, a); FN_ST(y + VL, b);                                                       \
-        } else {                                                                                 \
-            T t[2 * VL];                                                                         \
-            FN_ST(t, a); FN_ST(t + VL, b);                                                       \
-            memcpy(y, t, (size_t)nc * sizeof(T));                                                \
-        }                                                                                        \
-    }                                                                                            \
-                                                                                                 \
-    /* Direct convolution of output row r = (n, oh).  wp is (1 + K) x cp: row 0 the bias (or 0), \
-     * row 1 + k the kernel row k = (i, j, c), zero-padded to cp (a multiple of 2 vectors).      \
-     * Register tile: 4 pixels x 2 vectors of output channels; for kernel row i, the (j, c)      \
-     * pairs are contiguous both in x and in wp, so the inner loop is one flat run. */           \
-    FN_CLONES static void fn_conv_direct_row_##S(const T *restrict x, const T *restrict wp,      \
-                                                 T *restrict y, const fn_conv_geom *g,           \
-                                                 ptrdiff_t r, ptrdiff_t cp, int relu)            \
-    {                                                                                            \
-        typedef fn_conv_v##S V;                                                                  \
-        enum { VL = 64 / sizeof(T) };                                                            \
-        const ptrdiff_t n = r / g->oh, oh = r - n * g->oh, cin = g->cin, cout = g->cout;         \
-        const ptrdiff_t ih0 = oh * g->sh - g->pt, rowlen = g->kw * cin, xs = g->sw * cin;       \
-        const ptrdiff_t ilo = ih0 < 0 ? -ih0 : 0;                                                \
-        const ptrdiff_t ihi = g->kh < g->h - ih0 ? g->kh : g->h - ih0;                           \
-        for (ptrdiff_t co0 = 0; co0 < cout; co0 += 2 * VL) {                                     \
-            const ptrdiff_t nc = cout - co0 < 2 * VL ? cout - co0 : 2 * VL;                      \
-            const T *wc = wp + co0;                                                              \
-            ptrdiff_t ow = 0;                                                                    \
-            while (ow < g->ow) {                                                                 \
-                const ptrdiff_t iw0 = ow * g->sw - g->pl;                                        \
-                T *yp = y + (r * g->ow + ow) * cout + co0;                                       \
-                if (ow + 4 <= g->ow && iw0 >= 0 && iw0 + 3 * g->sw + g->kw <= g->w) {           \
-                    V a0 = FN_LD(V, wc), b0 = FN_LD(V, wc + VL);                                 \
-                    V a1 = a0, b1 = b0, a2 = a0, b2 = b0, a3 = a0, b3 = b0;                      \
-                    for (ptrdiff_t i = ilo; i < ihi; ++i) {                                      \
-                        const T *xr = x + ((n * g->h + ih0 + i) * g->w + iw0) * cin;             \
-                        const T *wr = wc + (1 + i * rowlen) * cp;                                \
-                        for (ptrdiff_t q = 0; q < rowlen; ++q) {                                 \
-                            const V w0 = FN_LD(V, wr + q * cp), w1 = FN_LD(V, wr + q * cp + VL); \
-                            const T x0 = xr[q], x1 = xr[q + xs];                                 \
-                            const T x2 = xr[q + 2 * xs], x3 = xr[q + 3 * xs];                    \
-                            a0 += x0 * w0; b0 += x0 * w1; a1 += x1 * w0; b1 += x1 * w1;         \
-                            a2 += x2 * w0; b2 += x2 * w1; a3 += x3 * w0; b3 += x3 * w1;         \
-                        }                                                                        \
-                    }                                                                            \
-                    fn_conv_put_##S(yp, nc, a0, b0, relu);                                       \
-                    fn_conv_put_##S(yp + cout, nc, a1, b1, relu);                                \
-                    fn_conv_put_##S(yp + 2 * cout, nc, a2, b2, relu);                            \
-                    fn_conv_put_##S(yp + 3 * cout, nc, a3, b3, relu);                            \
-                    ow += 4;                                                                     \
-                    continue;                                                                    \
-                }                                                                                \
-                /* one pixel, window clipped to the input row */                                 \
-                const ptrdiff_t jlo = iw0 < 0 ? -iw0 : 0;                                        \
-                const ptrdiff_t jhi = g->kw < g->w - iw0 ? g->kw : g->w - iw0;                   \
-                V a0 = FN_LD(V, wc), b0 = FN_LD(V, wc + VL);                                     \
-                for (ptrdiff_t i = ilo; i < ihi; ++i) {                                          \
-                    const T *xr = x + ((n * g->h + ih0 + i) * g->w + iw0) * cin;                 \
-                    const T *wr = wc + (1 + i * rowlen) * cp;                                    \
-                    for (ptrdiff_t q = jlo * cin; q < jhi * cin; ++q) {                          \
-                        const T x0 = xr[q];                                                      \
-                        a0 += x0 * FN_LD(V, wr + q * cp); b0 += x0 * FN_LD(V, wr + q * cp + VL); \
-                    }                                                                            \
-                }                                                                                \
-                fn_conv_put_##S(yp, nc, a0, b0, relu);                                           \
-                ow += 1;                                                                         \
-            }                                                                                    \
-        }                                                                                        \
-    }                                                                                            \
-                                                                                                 \
-    /* One register tile of the small-K weight gradient: acc rows [k0, k0 + G) x columns      \
-     * [co0, co0 + 2 vectors) += patch^T @ dy over the pixels ow0..ow1 of output row r; G is a   \
-     * literal 3 or 4 (the function is always inlined, so the arrays live in registers). */     \
-    static inline __attribute__((always_inline)) void                                          \
-    fn_conv_wgrad_tile_##S(const T *restrict xn, const T *restrict dyr, ptrdiff_t owb,          \
-                           T *restrict a, T *restrict bacc, const fn_conv_geom *g, ptrdiff_t ih0,\
-                           int rows_inside, ptrdiff_t ow0, ptrdiff_t ow1, ptrdiff_t k0,          \
-                           ptrdiff_t co0, ptrdiff_t cp, const int G)                             \
-    {                                                                                            \
-        typedef fn_conv_v##S V;                                                                  \
-        enum { VL = 64 / sizeof(T) };                                                            \
-        const ptrdiff_t cin = g->cin, cout = g->cout, K = g->kh * g->kw * cin;                   \
-        const ptrdiff_t rowlen = g->kw * cin;                                                    \
-        const ptrdiff_t nc = cout - co0 < 2 * VL ? cout - co0 : 2 * VL;                          \
-        ptrdiff_t ki[4], kj[4], kc[4], off[4];                                                   \
-        for (int t = 0; t < G; ++t) {     /* k -> (i, j, c); rows past K read x[0], unused */   \
-            const ptrdiff_t k = k0 + t < K ? k0 + t : 0;                                         \
-            ki[t] = k / rowlen; kj[t] = (k - ki[t] * rowlen) / cin;                              \
-            kc[t] = k - ki[t] * rowlen - kj[t] * cin;                                            \
-            off[t] = (ki[t] * g->w + kj[t]) * cin + kc[t];                                       \
-        }                                                                                        \
-        V acc0[4], acc1[4], s0 = {0}, s1 = {0};                                                  \
-        for (int t = 0; t < G; ++t) {                                                            \
-            acc0[t] = FN_LD(V, a + t * cp); acc1[t] = FN_LD(V, a + t * cp + VL);                 \
-        }                                                                                        \
-        const int with_bias = bacc != NULL && k0 == 0;                                           \
-        for (ptrdiff_t ow = ow0; ow < ow1; ++ow) {                                               \
-            const ptrdiff_t iw0 = ow * g->sw - g->pl;                                            \
-            const T *d = dyr + (ow - owb) * cout + co0;                                          \
-            V d0, d1;                                                                            \
-            if (nc == 2 * VL) {                                                                  \
-                d0 = FN_LD(V, d); d1 = FN_LD(V, d + VL);                                         \
-            } else {                                                                             \
-                T t[2 * VL] = {0};                                                               \
-                memcpy(t, d, (size_t)nc * sizeof(T));                                            \
-                d0 = FN_LD(V, t); d1 = FN_LD(V, t + VL);                                         \
-            }                                                                                    \
-            T c[4];                                                                              \
-            if (rows_inside && iw0 >= 0 && iw0 + g->kw <= g->w) {                                \
-                const T *base = xn + (ih0 * g->w + iw0) * cin;                                   \
-                for (int t = 0; t < G; ++t) c[t] = base[off[t]];                                 \
-            } else {                                                                             \
-                for (int t = 0; t < G; ++t) {                                                    \
-                    const ptrdiff_t ih = ih0 + ki[t], iw = iw0 + kj[t];                          \
-                    c[t] = ih >= 0 && ih < g->h && iw >= 0 && iw < g->w                          \
-                           ? xn[(ih * g->w + iw) * cin + kc[t]] : (T)0;                          \
-                }                                                                                \
-            }                                                                                    \
-            for (int t = 0; t < G; ++t) { acc0[t] += c[t] * d0; acc1[t] += c[t] * d1; }          \
-            if (with_bias) { s0 += d0; s1 += d1; }                                               \
-        }                                                                                        \
-        for (int t = 0; t < G; ++t) {                                                            \
-            FN_ST(a + t * cp, acc0[t]); FN_ST(a + t * cp + VL, acc1[t]);                         \
-        }                                                                                        \
-        if (with_bias) {                                                                         \
-            T t[2 * VL];                                                                         \
-            FN_ST(t, s0); FN_ST(t + VL, s1);                                                     \
-            for (ptrdiff_t j = 0; j < nc; ++j) bacc[co0 + j] += t[j];                            \
-        }                                                                                        \
-    }                                                                                            \
-                                                                                                 \
-    /* Weight gradient of output pixels [lo, hi) for small K, no im2col: acc (kp x cp) +=       \
-     * patch^T @ dy, patch values read straight from x through per-k offsets (interior pixels)   \
-     * or gathered with bounds checks (padding).  kp = K rounded up to the tile height (3 when   \
-     * that pads less, else 4: see fn_conv_wgrad_rows), cp = Cout rounded up to 2 vectors; acc   \
-     * rows >= K hold garbage, its columns >= Cout stay zero.  Tiles run over one output row's   \
-     * pixels at a time (dy stays in L1).  bacc (Cout, may be NULL) += dy summed over the        \
-     * pixels: per output row in registers, then added.  y (may be NULL): the fused ReLU's       \
-     * output; dy is masked where y <= 0, a run of pixels at a time into a stack buffer that    \
-     * the tiles then read (once per run, not once per tile). */                                 \
-    FN_CLONES static void fn_conv_wgrad_direct_##S(const T *restrict x, const T *restrict dy,    \
-                                                   const T *restrict y,                          \
-                                                   T *restrict acc, T *restrict bacc,            \
-                                                   const fn_conv_geom *g, ptrdiff_t lo,          \
-                                                   ptrdiff_t hi, ptrdiff_t kp, ptrdiff_t cp)     \
-    {                                                                                            \
-        enum { VL = 64 / sizeof(T) };                                                            \
-        const ptrdiff_t K = g->kh * g->kw * g->cin, G = fn_conv_wgrad_rows(K) % 3 ? 4 : 3;      \
-        ptrdiff_t m = lo;                                                                        \
-        while (m < hi) {                                                                         \
-            const ptrdiff_t r = m / g->ow, ow0 = m - r * g->ow;                                  \
-            const ptrdiff_t ow1 = g->ow < ow0 + (hi - m) ? g->ow : ow0 + (hi - m);               \
-            const ptrdiff_t n = r / g->oh, oh = r - n * g->oh, ih0 = oh * g->sh - g->pt;         \
-            const int rows_inside = ih0 >= 0 && ih0 + g->kh <= g->h;                             \
-            const T *xn = x + n * g->h * g->w * g->cin;                                          \
-            const T *dyr = dy + r * g->ow * g->cout;                                             \
-            const ptrdiff_t run = y ? (g->cout < FN_WG_BUF ? FN_WG_BUF / g->cout : 1) : ow1 - ow0; \
-            for (ptrdiff_t s0 = ow0; s0 < ow1; s0 += run) {                                      \
-                const ptrdiff_t s1 = ow1 < s0 + run ? ow1 : s0 + run;                            \
-                const T *d = dyr, *yr = y ? y + (r * g->ow + s0) * g->cout : NULL;               \
-                ptrdiff_t owb = 0;                                                               \
-                T buf[FN_WG_BUF];                                                                \
-                if (yr) {       /* the op masks dy itself when Cout > FN_WG_BUF */              \
-                    const T *src = dyr + s0 * g->cout;                                           \
-                    for (ptrdiff_t q = 0; q < (s1 - s0) * g->cout; ++q)                          \
-                        buf[q] = yr[q] > (T)0 ? src[q] : (T)0;                                   \
-                    d = buf;                                                                     \
-                    owb = s0;                                                                    \
-                }                                                                                \
-                for (ptrdiff_t k0 = 0; k0 < kp; k0 += G)                                         \
-                    for (ptrdiff_t co0 = 0; co0 < g->cout; co0 += 2 * VL) {                      \
-                        T *a = acc + k0 * cp + co0;                                              \
-                        if (G == 3)                                                              \
-                            fn_conv_wgrad_tile_##S(xn, d, owb, a, bacc, g, ih0, rows_inside,     \
-                                                   s0, s1, k0, co0, cp, 3);                      \
-                        else                                                                     \
-                            fn_conv_wgrad_tile_##S(xn, d, owb, a, bacc, g, ih0, rows_inside,     \
-                                                   s0, s1, k0, co0, cp, 4);                      \
-                    }                                                                            \
-            }                                                                                    \
-            m += ow1 - ow0;                                                                      \
-        }                                                                                        \
     }
 
     FN_CONV_DEFINE(float, int32_t, s)
     FN_CONV_DEFINE(double, int64_t, d)
     """
-    Py_ssize_t fn_conv_wgrad_rows(Py_ssize_t K)
     void fn_conv_relu_mask_s(const float *dy, const float *y, float *out, Py_ssize_t n) nogil
     void fn_conv_relu_mask_d(const double *dy, const double *y, double *out, Py_ssize_t n) nogil
     void fn_conv_add_s(float *dst, const float *src, Py_ssize_t n) nogil
     void fn_conv_add_d(double *dst, const double *src, Py_ssize_t n) nogil
     void fn_conv_colsum_s(const float *a, Py_ssize_t rows, Py_ssize_t cols, float *out) nogil
     void fn_conv_colsum_d(const double *a, Py_ssize_t rows, Py_ssize_t cols, double *out) nogil
-    void fn_conv_direct_row_s(const float *x, const float *wp, float *y, const fn_conv_geom *g,
-                              Py_ssize_t r, Py_ssize_t cp, int relu) nogil
-    void fn_conv_direct_row_d(const double *x, const double *wp, double *y,
-                              const fn_conv_geom *g, Py_ssize_t r, Py_ssize_t cp, int relu) nogil
-    void fn_conv_wgrad_direct_s(const float *x, const float *dy, const float *y, float *acc,
-                                float *bacc, const fn_conv_geom *g, Py_ssize_t lo,
-                                Py_ssize_t hi, Py_ssize_t kp, Py_ssize_t cp) nogil
-    void fn_conv_wgrad_direct_d(const double *x, const double *dy, const double *y,
-                                double *acc, double *bacc, const fn_conv_geom *g, Py_ssize_t lo,
-                                Py_ssize_t hi, Py_ssize_t kp, Py_ssize_t cp) nogil
 
 ctypedef fn_conv_geom Geometry
-
-
-def direct_weight_rows(Py_ssize_t k):
-    """Rows of the direct weight-gradient partial sums for K = k (k rounded up to 3 or 4)."""
-    return fn_conv_wgrad_rows(k)
 
 
 cdef inline void add(floating *dst, const floating *src, Py_ssize_t n) noexcept nogil:
@@ -444,12 +216,13 @@ cdef inline void affected_rows(Py_ssize_t m0, Py_ssize_t m1, const Geometry *g,
     r_hi[0] = n1 * g.h + imin(g.h, oh1 * g.sh - g.pt + g.kh)
 
 
-# ------------------------------------------------------------------ implicit GEMM (csrc/conv)
+# ----------------------------------------------------------- implicit and direct (csrc/conv)
 def implicit_workspace(int op, tuple xshape, tuple yshape, Py_ssize_t kh, Py_ssize_t kw,
                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                        bint use_double, int nthreads):
-    """Elements of workspace the implicit-GEMM kernel ``op`` (0 forward, 1 backward input,
-    2 backward weight) needs for these NHWC shapes: x (N, H, W, Cin), y (N, OH, OW, Cout)."""
+    """Elements of workspace the csrc/conv kernel ``op`` (FN_CONV_*: 0 forward, 1 backward
+    input, 2 backward weight, 3 direct forward, 4 direct weight) needs for these NHWC shapes:
+    x (N, H, W, Cin), y (N, OH, OW, Cout), with ``nthreads``."""
     cdef Geometry g
     g.n, g.h, g.w, g.cin = xshape
     g.oh, g.ow, g.cout = yshape[1], yshape[2], yshape[3]
@@ -513,26 +286,16 @@ cdef void forward_gemm(const floating *x, const floating *w, const floating *bia
         m0 = m1
 
 
-cdef inline void direct_row(const floating *x, const floating *wp, floating *y,
-                            const Geometry *g, Py_ssize_t r, Py_ssize_t cp,
-                            int relu) noexcept nogil:
-    if floating is float:
-        fn_conv_direct_row_s(x, wp, y, g, r, cp, relu)
-    else:
-        fn_conv_direct_row_d(x, wp, y, g, r, cp, relu)
-
-
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] kernel,
                    const floating[::1] bias, floating[:, :, :, ::1] y,
                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, int act,
                    str algorithm, floating[::1] panel, Py_ssize_t tile_rows, int nthreads):
     """y = act(conv(x, kernel) + bias).
 
-    algorithm 'implicit': the implicit GEMM of csrc/conv, ``panel`` its workspace
+    algorithm 'implicit' / 'direct': the kernels of csrc/conv, ``panel`` their workspace
     (``implicit_workspace``); 'gemm' / 'shared': im2col in the blocks / shared schedule,
     ``panel`` holds nthreads*tile_rows*K / tile_rows*K elements; '1x1' / '1x1_shared': no
-    im2col, no panel; 'direct': ``panel`` holds the packed weights (1 + K, cp) - bias row then
-    the kernel, columns zero-padded to cp, a multiple of 128 bytes - and tile_rows is cp.
+    im2col, no panel.
     """
     cdef Geometry g = _geometry(x.shape, y.shape, kernel.shape[0], kernel.shape[1], sh, sw, pt,
                                 pl)
@@ -544,7 +307,6 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef bint implicit = algorithm == "implicit"
     cdef const floating *px = &x[0, 0, 0, 0]
     cdef floating *py = &y[0, 0, 0, 0]
-    cdef Py_ssize_t r
     with nogil:
         if implicit:
             if floating is float:
@@ -554,8 +316,12 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                 dconv_forward(&g, px, &kernel[0, 0, 0, 0], pbias, py, act == ACT_RELU, ppanel,
                               nthreads)
         elif direct:
-            for r in prange(g.n * g.oh, num_threads=nthreads, schedule='static'):
-                direct_row(px, ppanel, py, &g, r, tile_rows, act == ACT_RELU)
+            if floating is float:
+                sconv_direct_forward(&g, px, &kernel[0, 0, 0, 0], pbias, py, act == ACT_RELU,
+                                     ppanel, nthreads)
+            else:
+                dconv_direct_forward(&g, px, &kernel[0, 0, 0, 0], pbias, py, act == ACT_RELU,
+                                     ppanel, nthreads)
         else:
             forward_gemm(px, &kernel[0, 0, 0, 0], pbias, py, &g, lower, shared, act, ppanel,
                          tile_rows, nthreads)
@@ -640,33 +406,22 @@ def conv2d_backward_input(const floating[:, :, :, ::1] dy, const floating[:, ::1
 
 
 # --------------------------------------------------------------------------- backward weight
-cdef void backward_weight_block(const floating *x, const floating *dy, const floating *ry,
-                                floating *acc, floating *bacc, const Geometry *g, int mode,
-                                floating *panel,
-                                Py_ssize_t tile_rows, Py_ssize_t kp, Py_ssize_t cp,
-                                Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """Pixels [lo, hi) on the calling thread: acc = col^T @ dy, bacc = column sums of dy.
-    mode 0: im2col + GEMM, acc (K, Cout); mode 1: no im2col (1x1) + GEMM; mode 2: the
-    register-tiled small-K kernel reading x directly, acc (kp, cp) padded."""
+cdef void backward_weight_block(const floating *x, const floating *dy, floating *acc,
+                                floating *bacc, const Geometry *g, bint lower, floating *panel,
+                                Py_ssize_t tile_rows, Py_ssize_t lo,
+                                Py_ssize_t hi) noexcept nogil:
+    """Pixels [lo, hi) on the calling thread: acc (K, Cout) = col^T @ dy, bacc = column sums
+    of dy; im2col tiles + GEMM (lower) or x itself as col (1x1)."""
     cdef Py_ssize_t K = g.kh * g.kw * g.cin, m0 = lo, m1
     cdef const floating *a
     cdef floating beta = 0
-    if mode == 2:
-        memset(acc, 0, kp * cp * sizeof(floating))
-        if bacc != NULL:
-            memset(bacc, 0, g.cout * sizeof(floating))
-        if floating is float:
-            fn_conv_wgrad_direct_s(x, dy, ry, acc, bacc, g, lo, hi, kp, cp)
-        else:
-            fn_conv_wgrad_direct_d(x, dy, ry, acc, bacc, g, lo, hi, kp, cp)
-        return
     if lo >= hi:
         memset(acc, 0, K * g.cout * sizeof(floating))
     if bacc != NULL:
         memset(bacc, 0, g.cout * sizeof(floating))
     while m0 < hi:
         m1 = imin(m0 + tile_rows, hi)
-        if mode == 0:
+        if lower:
             im2col(x, panel, K, m0, m1, g)
             a = panel
         else:
@@ -687,61 +442,47 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, 
                            const floating[:, :, :, ::1] relu_y=None):
     """dw (K, Cout) = col^T @ dy summed over all rows; dbias (Cout,) = dy summed (if not None).
 
-    'implicit' (csrc/conv): ``panel`` its workspace, partials unused.  'implicit' and 'direct'
-    mask dy with ``relu_y`` > 0 on the fly; the other paths take an already masked dy.
-
+    'implicit' / 'direct' (csrc/conv): ``panel`` their workspace, partials unused; dy masked
+    with ``relu_y`` > 0 on the fly.  The other paths take an already masked dy:
     'gemm' / '1x1' (blocks schedule): ``partials`` holds (nthreads-1)*K*Cout elements (block 0
-    accumulates straight into dw), ``panel`` nthreads*tile_rows*K.  'direct' (blocks, small K,
-    no im2col, ``panel`` None): ``partials`` nthreads*kp*cp with kp = direct_weight_rows(K)
-    and cp = Cout rounded up to 128 bytes.  'shared' / '1x1_shared': chunks with all threads in
-    the GEMM, ``panel`` tile_rows*K.  ``bias_partials`` holds (nthreads-1)*Cout elements.
+    accumulates straight into dw), ``panel`` nthreads*tile_rows*K.  'shared' / '1x1_shared':
+    chunks with all threads in the GEMM, ``panel`` tile_rows*K.  ``bias_partials`` holds
+    (nthreads-1)*Cout elements.
     """
     cdef Geometry g = _geometry(x.shape, dy.shape, kh, kw, sh, sw, pt, pl)
     cdef Py_ssize_t K = kh * kw * g.cin, M = g.n * g.oh * g.ow, KC = K * g.cout
     cdef Py_ssize_t b, q, m0, m1, r
-    cdef Py_ssize_t kp = fn_conv_wgrad_rows(K), cp = 0, KP
     cdef floating *ppanel = &panel[0] if panel is not None else NULL
     cdef floating *ppart = &partials[0] if partials is not None else NULL
     cdef floating *pbpart = &bias_partials[0] if bias_partials is not None else NULL
     cdef floating *pdb = &dbias[0] if dbias is not None else NULL
-    cdef int mode = 2 if algorithm == "direct" else (1 if algorithm.startswith("1x1") else 0)
+    cdef bint lower = not algorithm.startswith("1x1")
     cdef bint shared = algorithm.endswith("shared")
     cdef const floating *px = &x[0, 0, 0, 0]
     cdef const floating *pdy = &dy[0, 0, 0, 0]
     cdef floating *pdw = &dw[0, 0]
     cdef floating beta = 0
-    cdef Py_ssize_t ptile = tile_rows * K if mode == 0 else 0
+    cdef Py_ssize_t ptile = tile_rows * K if lower else 0
     cdef const floating *pry = &relu_y[0, 0, 0, 0] if relu_y is not None else NULL
-    if algorithm == "implicit":
+    if algorithm == "implicit" or algorithm == "direct":
         with nogil:
-            if floating is float:
+            if algorithm == "direct":
+                if floating is float:
+                    sconv_direct_weight(&g, px, pdy, pry, pdw, pdb, ppanel, nthreads)
+                else:
+                    dconv_direct_weight(&g, px, pdy, pry, pdw, pdb, ppanel, nthreads)
+            elif floating is float:
                 sconv_backward_weight(&g, px, pdy, pry, pdw, pdb, ppanel, nthreads)
             else:
                 dconv_backward_weight(&g, px, pdy, pry, pdw, pdb, ppanel, nthreads)
         return
-    if mode == 2:
-        cp = (g.cout + 128 // sizeof(floating) - 1) // (128 // sizeof(floating)) \
-            * (128 // sizeof(floating))
-    KP = kp * cp
     with nogil:
-        if mode == 2:
+        if not shared:
             for b in prange(nthreads, num_threads=nthreads, schedule='static'):
                 backward_weight_block(
-                    px, pdy, pry, ppart + b * KP,
+                    px, pdy, pdw if b == 0 else ppart + (b - 1) * KC,
                     NULL if pdb == NULL else (pdb if b == 0 else pbpart + (b - 1) * g.cout),
-                    &g, mode, ppanel + b * ptile, tile_rows, kp, cp,
-                    M * b // nthreads, M * (b + 1) // nthreads)
-            # dw = the padded partials' top-left (K, Cout) corners, added in the order b = 0, 1..
-            for r in prange(K, num_threads=nthreads, schedule='static'):
-                memcpy(pdw + r * g.cout, ppart + r * cp, g.cout * sizeof(floating))
-                for q in range(1, nthreads):
-                    add(pdw + r * g.cout, ppart + q * KP + r * cp, g.cout)
-        elif not shared:
-            for b in prange(nthreads, num_threads=nthreads, schedule='static'):
-                backward_weight_block(
-                    px, pdy, NULL, pdw if b == 0 else ppart + (b - 1) * KC,
-                    NULL if pdb == NULL else (pdb if b == 0 else pbpart + (b - 1) * g.cout),
-                    &g, mode, ppanel + b * ptile, tile_rows, kp, cp,
+                    &g, lower, ppanel + b * ptile, tile_rows,
                     M * b // nthreads, M * (b + 1) // nthreads)
             # Fixed order b = 1, 2, ... for every element, whichever thread does the row.
             if nthreads > 1:
@@ -752,7 +493,7 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, 
             m0 = 0
             while m0 < M:
                 m1 = imin(m0 + tile_rows, M)
-                if mode == 0:
+                if lower:
                     im2col_parallel(px, ppanel, m0, m1, &g, nthreads)
                     gemm(True, False, K, g.cout, m1 - m0, <floating>1, <const floating *>ppanel,
                          K, pdy + m0 * g.cout, g.cout, beta, pdw, g.cout,

@@ -34,6 +34,8 @@ cdef extern from "fastnet_conv.h":
         FN_CONV_FORWARD
         FN_CONV_BACKWARD_INPUT
         FN_CONV_BACKWARD_WEIGHT
+        FN_CONV_DIRECT_FORWARD
+        FN_CONV_DIRECT_WEIGHT
 
 cdef Py_ssize_t conv_workspace(int op, const fn_conv_geom *g, int use_double,
                                int nthreads) noexcept nogil
@@ -54,3 +56,15 @@ cdef void sconv_backward_weight(const fn_conv_geom *g, const float *x, const flo
 cdef void dconv_backward_weight(const fn_conv_geom *g, const double *x, const double *dy,
                                 const double *relu_y, double *dw, double *db, double *ws,
                                 int nthreads) noexcept nogil
+cdef void sconv_direct_forward(const fn_conv_geom *g, const float *x, const float *w,
+                               const float *bias, float *y, int relu, float *ws,
+                               int nthreads) noexcept nogil
+cdef void dconv_direct_forward(const fn_conv_geom *g, const double *x, const double *w,
+                               const double *bias, double *y, int relu, double *ws,
+                               int nthreads) noexcept nogil
+cdef void sconv_direct_weight(const fn_conv_geom *g, const float *x, const float *dy,
+                              const float *relu_y, float *dw, float *db, float *ws,
+                              int nthreads) noexcept nogil
+cdef void dconv_direct_weight(const fn_conv_geom *g, const double *x, const double *dy,
+                              const double *relu_y, double *dw, double *db, double *ws,
+                              int nthreads) noexcept nogil

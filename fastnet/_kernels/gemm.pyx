@@ -42,6 +42,18 @@ cdef extern from "fastnet_conv.h":
     void fn_dconv_backward_weight(const fn_conv_geom *g, const double *x, const double *dy,
                                   const double *relu_y, double *dw, double *db, double *ws,
                                   int nthreads) nogil
+    void fn_sconv_direct_forward(const fn_conv_geom *g, const float *x, const float *w,
+                                 const float *bias, float *y, int relu, float *ws,
+                                 int nthreads) nogil
+    void fn_dconv_direct_forward(const fn_conv_geom *g, const double *x, const double *w,
+                                 const double *bias, double *y, int relu, double *ws,
+                                 int nthreads) nogil
+    void fn_sconv_direct_weight(const fn_conv_geom *g, const float *x, const float *dy,
+                                const float *relu_y, float *dw, float *db, float *ws,
+                                int nthreads) nogil
+    void fn_dconv_direct_weight(const fn_conv_geom *g, const double *x, const double *dy,
+                                const double *relu_y, double *dw, double *db, double *ws,
+                                int nthreads) nogil
 
 
 cdef void sgemm(bint transa, bint transb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
@@ -94,6 +106,30 @@ cdef void dconv_backward_weight(const fn_conv_geom *g, const double *x, const do
                                 const double *relu_y, double *dw, double *db, double *ws,
                                 int nthreads) noexcept nogil:
     fn_dconv_backward_weight(g, x, dy, relu_y, dw, db, ws, nthreads)
+
+
+cdef void sconv_direct_forward(const fn_conv_geom *g, const float *x, const float *w,
+                               const float *bias, float *y, int relu, float *ws,
+                               int nthreads) noexcept nogil:
+    fn_sconv_direct_forward(g, x, w, bias, y, relu, ws, nthreads)
+
+
+cdef void dconv_direct_forward(const fn_conv_geom *g, const double *x, const double *w,
+                               const double *bias, double *y, int relu, double *ws,
+                               int nthreads) noexcept nogil:
+    fn_dconv_direct_forward(g, x, w, bias, y, relu, ws, nthreads)
+
+
+cdef void sconv_direct_weight(const fn_conv_geom *g, const float *x, const float *dy,
+                              const float *relu_y, float *dw, float *db, float *ws,
+                              int nthreads) noexcept nogil:
+    fn_sconv_direct_weight(g, x, dy, relu_y, dw, db, ws, nthreads)
+
+
+cdef void dconv_direct_weight(const fn_conv_geom *g, const double *x, const double *dy,
+                              const double *relu_y, double *dw, double *db, double *ws,
+                              int nthreads) noexcept nogil:
+    fn_dconv_direct_weight(g, x, dy, relu_y, dw, db, ws, nthreads)
 
 
 def gemm_into(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, bint transa, bint transb,

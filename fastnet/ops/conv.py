@@ -26,6 +26,7 @@ import numpy as np
 
 from fastnet import config
 from fastnet._kernels import conv as _kernels
+from fastnet._kernels.gemm import first_overlap as _first_overlap
 from fastnet.ops._checks import (check_array, check_out, check_padding, check_positive_int,
                                  conv_output_size, pair)
 from fastnet.ops._workspace import scratch
@@ -33,20 +34,30 @@ from fastnet.ops._workspace import scratch
 __all__ = ["conv2d", "conv2d_backward_input", "conv2d_backward_weight"]
 
 _ACTIVATIONS = {None: 0, "linear": 0, "relu": 1}   # codes of fastnet._kernels.gemm ACT_*
-# im2col panels: this many bytes per thread (blocks schedule) keeps a tile in L2 with the GEMM's
-# packed panels; the shared schedule walks the rows in chunks of at most _SHARED_BYTES.
+# Which kernel, by shape (measured on Zen 4, batch 32-64, float32; see benchmarks/bench_conv.py
+# --algorithms).  direct: the register tile runs over kw*Cin contiguous values per kernel row,
+# so it wins while that run is too short for the implicit GEMM's per-segment setup (Cin <= 4 at
+# 3x3: 511 vs 616 us forward, 711 vs 1319 us weight gradient at Cin = 3); implicit everywhere
+# else up to K = kh*kw*Cin = 4096, where its packed kernel panel stops fitting L2; its
+# backward input wants a vector of input channels per tap (Cin >= 16: 2660 vs 3222 us; at
+# Cin = 8 im2col + GEMM wins, 2081 vs 3178 us).
+_DIRECT_MAX_ROW = 16           # forward: kw*Cin up to this -> direct
+_DIRECT_MAX_CIN = 4            # weight gradient: Cin up to this -> direct
+_IMPLICIT_MAX_K = 4096
+_IMPLICIT_MIN_CIN = 16         # backward input
+_DIRECT_MASK_MAX_COUT = 4096   # the direct weight gradient masks dy in a buffer of this size
+                               # (CV_DIRECT_MASK_BUF in csrc/conv/direct_impl.h)
+# im2col panels (gemm / shared): this many bytes per thread (blocks schedule) keeps a tile in L2
+# with the GEMM's packed panels; the shared schedule walks the rows in chunks of _SHARED_BYTES.
 _PANEL_BYTES = 256 * 1024
 _SHARED_BYTES = 4 * 1024 * 1024
 _MIN_ROWS_PER_THREAD = 128     # fewer output pixels per thread: one GEMM with every thread
-_DIRECT_MAX_K = 32             # kh*kw*Cin up to this: the direct kernel beats im2col + GEMM
 _PARALLEL_MIN_WORK = 1 << 20   # multiply-adds below which a kernel runs on one thread
-_DIRECT_MASK_MAX_COUT = 4096   # the direct weight gradient masks dy in a buffer of this size
-_IMPLICIT_MAX_K = 4096         # kh*kw*Cin above this: im2col + the blocked GEMM (B leaves L2)
-_IMPLICIT_MIN_CIN = 16         # backward: fewer input channels fill too little of a vector tile
 _FORWARD_ALGORITHMS = ("direct", "implicit", "gemm", "shared", "1x1", "1x1_shared")
 _BACKWARD_INPUT_ALGORITHMS = ("implicit", "gemm", "shared", "1x1", "1x1_shared")
 _BACKWARD_WEIGHT_ALGORITHMS = ("direct", "implicit", "gemm", "shared", "1x1", "1x1_shared")
-_IMPLICIT_OPS = {"forward": 0, "backward_input": 1, "backward_weight": 2}
+_IMPLICIT_OPS = {"forward": 0, "backward_input": 1, "backward_weight": 2,
+                 "direct_forward": 3, "direct_weight": 4}   # FN_CONV_* of csrc/fastnet_conv.h
 
 
 # ------------------------------------------------------------------------------ argument checks
@@ -57,15 +68,32 @@ def _check_nonempty(a, name):
 
 def _check_shape4(shape, name):
     """A 4-tuple of positive ints (an ``input_shape`` argument)."""
+    if type(shape) is tuple and len(shape) == 4 and all(type(s) is int and s >= 1 for s in shape):
+        return shape    # the common case (an ndarray's shape), without the generic checks
     if not isinstance(shape, (tuple, list)) or len(shape) != 4:
         raise ValueError(f"{name} must be a tuple of 4 integers (N, H, W, C), got {shape!r}")
     return tuple(check_positive_int(s, name) for s in shape)
 
 
 def _check_no_overlap(out, name, *arrays):
-    for a in arrays:
-        if a is not None and np.may_share_memory(out, a):
+    """Raise if out's memory span meets any of the arrays' (None skipped): the bounds test of
+    numpy.may_share_memory, three arrays per call to the kernel module's sub-microsecond one."""
+    if out is None:
+        return
+    for i in range(0, len(arrays), 3):
+        a, b, c = (arrays[i:i + 3] + (None, None))[:3]
+        if _first_overlap(out, a, b, c) >= 0:
             raise ValueError(f"{name} must not overlap the inputs")
+
+
+def _pair(v, name):
+    """pair() with fast paths for the common cases: a positive Python int, or a tuple of two."""
+    if type(v) is int and v >= 1:
+        return v, v
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int \
+            and v[0] >= 1 and v[1] >= 1:
+        return v
+    return pair(v, name)
 
 
 def _geometry(in_hw, k_hw, strides, padding):
@@ -100,14 +128,8 @@ def _schedule(rows, nthreads, pointwise):
     return base
 
 
-def _padded_channels(cout, dtype):
-    """Cout rounded up to the direct kernels' column tile: two 64-byte vectors."""
-    lanes = 128 // np.dtype(dtype).itemsize
-    return -(-cout // lanes) * lanes
-
-
 def _implicit_workspace(op, xshape, yshape, kh, kw, strides, pads, dtype, nthreads):
-    """The implicit-GEMM kernels' workspace: packed kernel, pointer tables, per-thread buffers."""
+    """The workspace of a csrc/conv kernel: packed kernel, pointer tables, per-thread buffers."""
     size = _kernels.implicit_workspace(_IMPLICIT_OPS[op], tuple(xshape), tuple(yshape), kh, kw,
                                        strides[0], strides[1], pads[0], pads[1],
                                        np.dtype(dtype) == np.float64, nthreads)
@@ -170,7 +192,7 @@ def conv2d(x, kernel, bias=None, *, strides=1, padding="valid", activation=None,
         bias = check_array(bias, "bias", ndim=1, dtype=x.dtype)
         if bias.shape[0] != cout:
             raise ValueError(f"bias must have shape ({cout},) to match kernel, got {bias.shape}")
-    strides = pair(strides, "strides")
+    strides = _pair(strides, "strides")
     padding = check_padding(padding)
     if activation is not None and not isinstance(activation, str):
         raise TypeError(f"activation must be None or a string, got {type(activation).__name__}")
@@ -186,19 +208,12 @@ def conv2d(x, kernel, bias=None, *, strides=1, padding="valid", activation=None,
     nthreads = _threads(rows * k * cout)
     if algorithm is None:
         pointwise = (kh, kw, *strides) == (1, 1, 1, 1)
-        algorithm = "direct" if k <= _DIRECT_MAX_K and not pointwise else \
+        algorithm = "direct" if kw * cin <= _DIRECT_MAX_ROW and not pointwise else \
             "implicit" if k <= _IMPLICIT_MAX_K else _schedule(rows, nthreads, pointwise)
-    if algorithm == "implicit":
-        panel, tile = _implicit_workspace("forward", x.shape, out.shape, kh, kw, strides,
-                                          (pt, pl), x.dtype, nthreads), 0
-    elif algorithm == "direct":
-        # Packed weights: the bias row then the kernel rows, columns zero-padded to cp.
-        tile = _padded_channels(cout, x.dtype)
-        panel = scratch("conv.panel", ((1 + k) * tile,), x.dtype)
-        packed = panel.reshape(1 + k, tile)
-        packed[:, cout:] = 0
-        packed[1:, :cout] = kernel.reshape(k, cout)
-        packed[0, :cout] = 0 if bias is None else bias
+    if algorithm in ("implicit", "direct"):
+        op = "forward" if algorithm == "implicit" else "direct_forward"
+        panel, tile = _implicit_workspace(op, x.shape, out.shape, kh, kw, strides, (pt, pl),
+                                          x.dtype, nthreads), 0
     else:
         panel, tile = _panel(algorithm, rows, k, x.dtype, nthreads)
     _kernels.conv2d_forward(x, kernel, bias, out, strides[0], strides[1], pt, pl,
@@ -225,7 +240,7 @@ def conv2d_backward_input(dy, kernel, input_shape, *, strides=1, padding="valid"
     if c != cin:
         raise ValueError(f"input_shape has {c} channels but kernel expects {cin} "
                          f"(kernel shape {kernel.shape})")
-    strides = pair(strides, "strides")
+    strides = _pair(strides, "strides")
     padding = check_padding(padding)
     (oh, ow), (pt, pl) = _geometry((h, w), (kh, kw), strides, padding)
     if dy.shape != (n, oh, ow, cout):
@@ -277,8 +292,8 @@ def conv2d_backward_weight(x, dy, kernel_size, *, strides=1, padding="valid", ou
     x = check_array(x, "x", ndim=4)
     dy = check_array(dy, "dy", ndim=4, dtype=x.dtype)
     _check_nonempty(x, "x")
-    kh, kw = pair(kernel_size, "kernel_size")
-    strides = pair(strides, "strides")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    strides = _pair(strides, "strides")
     padding = check_padding(padding)
     n, h, w, cin = x.shape
     (oh, ow), (pt, pl) = _geometry((h, w), (kh, kw), strides, padding)
@@ -301,26 +316,21 @@ def conv2d_backward_weight(x, dy, kernel_size, *, strides=1, padding="valid", ou
     nthreads = _threads(rows * k * cout)
     if algorithm is None:
         pointwise = (kh, kw, *strides) == (1, 1, 1, 1)
-        algorithm = "direct" if k <= _DIRECT_MAX_K and not pointwise else \
-            "implicit" if cin >= _IMPLICIT_MIN_CIN and k <= _IMPLICIT_MAX_K else \
-            _schedule(rows, nthreads, pointwise)
+        algorithm = "direct" if cin <= _DIRECT_MAX_CIN and not pointwise else \
+            "implicit" if k <= _IMPLICIT_MAX_K else _schedule(rows, nthreads, pointwise)
     if relu_output is not None and (algorithm not in ("direct", "implicit") or (
             algorithm == "direct" and cout > _DIRECT_MASK_MAX_COUT)):
         dy, relu_output = _masked(dy, relu_output, nthreads), None
     partials = bias_partials = None
-    if algorithm == "implicit":
-        panel, tile = _implicit_workspace("backward_weight", x.shape, dy.shape, kh, kw, strides,
-                                          (pt, pl), x.dtype, nthreads), 0
-    elif algorithm == "direct":
-        # Per-block partial sums (kp, cp): K rounded up to the kernel's register tile.
-        kp, cp = _kernels.direct_weight_rows(k), _padded_channels(cout, x.dtype)
-        panel, tile = None, 0
-        partials = scratch("conv.partials", (nthreads * kp * cp,), x.dtype)
+    if algorithm in ("implicit", "direct"):
+        op = "backward_weight" if algorithm == "implicit" else "direct_weight"
+        panel, tile = _implicit_workspace(op, x.shape, dy.shape, kh, kw, strides, (pt, pl),
+                                          x.dtype, nthreads), 0
     else:
         panel, tile = _panel(algorithm, rows, k, x.dtype, nthreads)
         if not algorithm.endswith("shared") and nthreads > 1:
             partials = scratch("conv.partials", ((nthreads - 1) * k * cout,), x.dtype)
-    if bias_grad is not None and nthreads > 1 and algorithm != "implicit":
+    if bias_grad is not None and nthreads > 1 and algorithm not in ("implicit", "direct"):
         bias_partials = scratch("conv.bias_partials", ((nthreads - 1) * cout,), x.dtype)
     _kernels.conv2d_backward_weight(x, dy, out.reshape(k, cout), bias_grad, kh, kw, strides[0],
                                     strides[1], pt, pl, algorithm, panel, tile, partials,

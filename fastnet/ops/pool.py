@@ -19,6 +19,7 @@ import numpy as np
 
 from fastnet import config
 from fastnet._kernels import pool as _kernels
+from fastnet._kernels.gemm import first_overlap as _first_overlap
 from fastnet.ops._checks import (check_array, check_out, check_padding, check_positive_int,
                                  conv_output_size, pair)
 from fastnet.ops._workspace import scratch
@@ -34,15 +35,30 @@ def _check_nonempty(a, name):
 
 
 def _check_no_overlap(out, name, *arrays):
-    for a in arrays:
-        if a is not None and np.may_share_memory(out, a):
+    """Raise if out's memory span meets any of the arrays' (None skipped): the bounds test of
+    numpy.may_share_memory, three arrays per call to the kernel module's sub-microsecond one."""
+    if out is None:
+        return
+    for i in range(0, len(arrays), 3):
+        a, b, c = (arrays[i:i + 3] + (None, None))[:3]
+        if _first_overlap(out, a, b, c) >= 0:
             raise ValueError(f"{name} must not overlap the inputs")
+
+
+def _pair(v, name):
+    """pair() with fast paths for the common cases: a positive Python int, or a tuple of two."""
+    if type(v) is int and v >= 1:
+        return v, v
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int \
+            and v[0] >= 1 and v[1] >= 1:
+        return v
+    return pair(v, name)
 
 
 def _window(input_shape, pool_size, strides, padding):
     """(pool, strides, padding, output shape, (pad_top, pad_left)) after checking them."""
-    pool = pair(pool_size, "pool_size")
-    strides = pool if strides is None else pair(strides, "strides")
+    pool = _pair(pool_size, "pool_size")
+    strides = pool if strides is None else _pair(strides, "strides")
     padding = check_padding(padding)
     n, h, w, c = input_shape
     oh, pt, _ = conv_output_size(h, pool[0], strides[0], padding, what="pool")
