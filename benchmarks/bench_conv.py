@@ -25,8 +25,9 @@ NCHW, PyTorch channels_last, and both again with the tuned glibc allocator
 (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_) - interleaved round by round, each child
 timing every cell (median of many calls).  A cell's figure is the median over the rounds; the
 PyTorch figure is its best configuration for that cell, and the ratio is fastnet / PyTorch
-(time: below 1 is faster).  A child during which other processes used more than 0.15 CPU
-(from /proc/stat minus the child's own CPU time) is run again, up to 3 times.  Children run
+(time: below 1 is faster).  Each child starts once the CPUs have been idle for 2 s (at most
+10 min of waiting), and a child during which other processes used more than 0.15 CPU (from
+/proc/stat minus the child's own CPU time) is run again, up to 3 times.  Children run
 with OPENBLAS_NUM_THREADS=1 (OpenBLAS's spinning threads would steal the second core) and
 without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE.  The load average is printed per round.
 
@@ -249,10 +250,24 @@ def _cpu_busy_seconds():
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _run_child(cmd, env, max_foreign=0.15, tries=4):
-    """Run one child; retry when other processes used more than ``max_foreign`` of a CPU on
-    average while it ran (a shared machine).  Returns (stdout, foreign CPU share)."""
+def _wait_quiet(max_wait, quiet=2.0):
+    """Wait (up to ``max_wait`` seconds) until the CPUs have been idle for ``quiet`` seconds."""
+    t_end, calm = time.perf_counter() + max_wait, 0.0
+    while time.perf_counter() < t_end and calm < quiet:
+        busy0, t0 = _cpu_busy_seconds(), time.perf_counter()
+        if busy0 is None:
+            return
+        time.sleep(0.5)
+        share = (_cpu_busy_seconds() - busy0) / (time.perf_counter() - t0)
+        calm = calm + 0.5 if share < 0.1 else 0.0
+
+
+def _run_child(cmd, env, max_foreign=0.15, tries=4, max_wait=600):
+    """Run one child once the machine is quiet; run it again when other processes used more
+    than ``max_foreign`` of a CPU on average while it ran (a shared machine).  Returns (stdout,
+    foreign CPU share)."""
     for attempt in range(tries):
+        _wait_quiet(max_wait)
         busy0, t0 = _cpu_busy_seconds(), time.perf_counter()
         own0 = os.times()
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -267,7 +282,6 @@ def _run_child(cmd, env, max_foreign=0.15, tries=4):
         if foreign <= max_foreign or attempt == tries - 1:
             return res.stdout, foreign
         print(f"    other processes used {foreign:.2f} CPU during the run: again", flush=True)
-        time.sleep(5)
 
 
 def _fmt(us):
