@@ -199,9 +199,18 @@ def _cells(big, only, extra=False):
     return cells
 
 
+def _warm_up(fn, seconds=1.0):
+    """Run fn for a while first: the CPU leaves its idle clock, thread pools and allocators
+    settle (the machine was idle before this child: see _wait_quiet)."""
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        fn()
+
+
 def _child(kind, threads, big, only, algorithms):
     """Time every cell in this (fresh) process; print one JSON line {"name|op|alg": us}."""
     out = {}
+    warm = True
     if kind == "fastnet":
         import fastnet
         fastnet.set_num_threads(threads)
@@ -215,6 +224,9 @@ def _child(kind, threads, big, only, algorithms):
                 else:
                     fn = fastnet_conv_ops(name, alg)[op]
                 try:
+                    if warm:
+                        _warm_up(fn)
+                        warm = False
                     out[f"{name}|{op}|{alg or ''}"] = median_us(fn)
                 except ValueError:   # a path that does not exist for this op
                     pass
@@ -224,6 +236,9 @@ def _child(kind, threads, big, only, algorithms):
         cl = kind.startswith("torch-cl")
         for name, op in _cells(big, only):
             fn = (torch_pool_ops(cl) if name == POOL_NAME else torch_conv_ops(name, cl))[op]
+            if warm:
+                _warm_up(fn)
+                warm = False
             out[f"{name}|{op}|"] = median_us(fn)
     print(json.dumps(out))
 

@@ -102,6 +102,7 @@ CASES = [
     (1, 4, 4, 3, (4, 4), None, "valid"),        # one window covers the whole image
     (2, 7, 6, 40, (2, 2), None, "same"),        # whole vectors of channels and a tail
     (1, 9, 8, 33, (3, 3), (2, 1), "same"),      # overlapping, vectors and a tail
+    (1, 12, 7, 5, (3, 2), (1, 1), "valid"),     # overlapping rows, one image: row blocks
 ]
 IDS = ["n{}_{}x{}x{}_p{}{}_s{}_{}".format(c[0], c[1], c[2], c[3], *c[4], c[5], c[6])
        for c in CASES]
@@ -136,6 +137,26 @@ def test_max_pool(case, threads):
         np.testing.assert_allclose(dx2, ref_dx, rtol=1e-6, atol=1e-6)
     dx3 = max_pool2d_backward(x, y, dy, pool, strides, padding, argmax=argmax)
     np.testing.assert_array_equal(dx3, dx)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_max_pool_relu_input(case, threads):
+    """relu_input: the ReLU's backward fused into the pool's (windows with no positive value
+    pass no gradient), so dx is the gradient of the ReLU's input."""
+    n, h, w, c, pool, strides, padding = case
+    rng = np.random.default_rng(6)
+    z = _untied((n, h, w, c), rng) + 2.5          # values around 0: some windows all <= 0
+    z[:, ::3] = -1.0                               # and whole rows of exact ties at 0
+    x = np.maximum(z, 0)
+    s = pool if strides is None else strides
+    argmax = np.empty(_out_shape(x.shape, pool, s, padding), np.uint8)
+    y = max_pool2d(x, pool, strides, padding, argmax=argmax, relu_input=True)
+    np.testing.assert_array_equal(y, ref_pool(x, pool, s, padding, False))
+    dy = rng.standard_normal(y.shape)
+    dx = max_pool2d_backward(x, None, dy, pool, strides, padding, argmax=argmax)
+    np.testing.assert_allclose(dx, ref_max_pool_backward(x, dy, pool, s, padding) * (z > 0),
+                               atol=1e-14)
+    assert (argmax == 255).any() or (y > 0).all()
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -319,6 +340,10 @@ def _bad_cases():
         (lambda: max_pool2d(np.zeros((1, 17, 17, 1)), 17,
                             argmax=np.zeros((1, 1, 1, 1), np.uint8)), ValueError, "at most 256"),
         (lambda: max_pool2d_backward(x, None, y), TypeError, "y must be a numpy.ndarray"),
+        (lambda: max_pool2d(x, relu_input=True), ValueError, "relu_input=True needs an argmax"),
+        (lambda: max_pool2d(np.zeros((1, 16, 16, 1)), 16, relu_input=True,
+                            argmax=np.zeros((1, 1, 1, 1), np.uint8)), ValueError,
+         "at most 255 elements with relu_input"),
         (lambda: max_pool2d_backward(x, y, y, argmax=np.zeros((2, 3, 3, 3), np.float64)),
          ValueError, "argmax must be a C-contiguous uint8"),
     ]

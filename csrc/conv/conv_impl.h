@@ -555,7 +555,7 @@ CV_INLINE void F(wgrad_body)(ptrdiff_t nq, const T *const *ap, ptrdiff_t off, co
             T t[WNV * VL];
 #pragma GCC unroll 4
             for (int v = 0; v < nv; ++v) F(st)(t + v * VL, acc[r][v]);
-            for (int j = 0; j < n; ++j) cr[j] = beta ? cr[j] + t[j] : t[j];
+            for (int j = 0; j < n && j < nv * VL; ++j) cr[j] = beta ? cr[j] + t[j] : t[j];
         }
     }
 }

@@ -38,9 +38,10 @@ is col.  Backward input: ``dcol = dY @ W^T`` then col2im, a gather by input row 
 parallel, no races); backward weight: ``dW = col^T @ dY`` with per-block partial sums.  These
 take an already masked dy (the op masks it first when ``relu_output`` is given).
 
-Reductions over pixels (weight and bias gradients) add per-thread partial sums in thread order:
-results are bitwise reproducible for a given thread count.  The forward and the implicit
-backward input compute each output element on one thread in a fixed order.
+Reductions over pixels (weight and bias gradients, and the implicit backward input's images
+shared by two threads' ranges) add per-thread partial sums in thread order: results are bitwise
+reproducible for a given thread count.  The implicit and direct forwards compute each output
+element on one thread in a fixed order, the same for any thread count.
 
 All functions trust their arguments: ``fastnet.ops.conv`` validated them.
 """

@@ -16,7 +16,8 @@ disjoint input rows: output row oh *owns* the input rows from its window's top t
 window's top (the first row owns from 0, the last to H), zeroes them and scatters into them, all
 in the same pass and without races.  When the windows do not overlap at all (``sw >= pw`` too),
 the gradient is stored rather than added and only the elements no window covers are zeroed, so dx
-is written once.  Otherwise (``sh < ph``) the work is split by whole images.
+is written once.  Otherwise (``sh < ph``) the work is split by whole images, or, with fewer
+images than threads, by blocks of output rows in two colours (even blocks, then odd ones).
 
 Max backward sends each gradient to the first maximum of its window in row-major order, like
 TensorFlow: a per-thread ``pending`` vector starts as dy and is handed over (then zeroed) at the
@@ -79,12 +80,13 @@ cdef extern from *:
     typedef unsigned char fn_pool_b##S __attribute__((vector_size(64 / sizeof(T))));           \
                                                                                                  \
     /* y row r = max (or mean) of each window of x.  am (max only, may be NULL): the window    \
-     * offset i * pw + j of each channel's first maximum, row-major, as one byte.  Whole      \
-     * vectors of channels first (the running maximum and index in registers), then the     \
-     * remaining channels one by one. */                                                     \
+     * offset i * pw + j of each channel's first maximum, row-major, as one byte; with        \
+     * relu_input, 255 (no element) where the maximum is not positive.  Whole vectors of      \
+     * channels first (the running maximum and index in registers), then the remaining       \
+     * channels one by one. */                                                               \
     FN_CLONES static void fn_pool_row_##S(const T *restrict x, T *restrict y,                    \
                                           unsigned char *restrict am, const fn_pool_geom *p,     \
-                                          ptrdiff_t r, int average)                              \
+                                          ptrdiff_t r, int average, int relu_input)              \
     {                                                                                            \
         typedef fn_pool_v##S V;                                                                  \
         typedef fn_pool_i##S I;                                                                  \
@@ -116,6 +118,10 @@ cdef extern from *:
                         }                                                                        \
                     }                                                                            \
                 FN_POOL_ST(yp + k, average ? best * scale : best);                               \
+                if (ap && relu_input) {                                                          \
+                    const I pos = best > (V){0};                                                 \
+                    idx = (idx & pos) | (((I){0} + 255) & ~pos);                                 \
+                }                                                                                \
                 if (ap) FN_POOL_ST(ap + k, __builtin_convertvector(idx, B));                     \
             }                                                                                    \
             for (ptrdiff_t k = cv; k < c; ++k) {                                                 \
@@ -133,7 +139,7 @@ cdef extern from *:
                         }                                                                        \
                     }                                                                            \
                 yp[k] = average ? best * scale : best;                                           \
-                if (ap) ap[k] = idx;                                                             \
+                if (ap) ap[k] = relu_input && !(best > (T)0) ? (unsigned char)255 : idx;         \
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
@@ -261,9 +267,9 @@ cdef extern from *:
     ctypedef struct fn_pool_geom:
         Py_ssize_t n, h, w, c, oh, ow, ph, pw, sh, sw, pt, pl
     void fn_pool_row_s(const float *x, float *y, unsigned char *am, const fn_pool_geom *p,
-                       Py_ssize_t r, int average) nogil
+                       Py_ssize_t r, int average, int relu_input) nogil
     void fn_pool_row_d(const double *x, double *y, unsigned char *am, const fn_pool_geom *p,
-                       Py_ssize_t r, int average) nogil
+                       Py_ssize_t r, int average, int relu_input) nogil
     void fn_pool_backward_argmax_row_s(const unsigned char *am, const float *dy, float *dx,
                                        const fn_pool_geom *p, Py_ssize_t n, Py_ssize_t oh,
                                        int store) nogil
@@ -306,11 +312,11 @@ cdef inline void owned_rows(const Pool *p, Py_ssize_t oh, Py_ssize_t *lo,
 
 
 cdef inline void pool_row(const floating *x, floating *y, unsigned char *am, const Pool *p,
-                          Py_ssize_t r, bint average) noexcept nogil:
+                          Py_ssize_t r, bint average, bint relu_input) noexcept nogil:
     if floating is float:
-        fn_pool_row_s(x, y, am, p, r, average)
+        fn_pool_row_s(x, y, am, p, r, average, relu_input)
     else:
-        fn_pool_row_d(x, y, am, p, r, average)
+        fn_pool_row_d(x, y, am, p, r, average, relu_input)
 
 
 cdef inline void backward_rows(const floating *x, const floating *y, const unsigned char *am,
@@ -330,9 +336,11 @@ cdef inline void backward_rows(const floating *x, const floating *y, const unsig
 
 def pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, bint average,
                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
-                   Py_ssize_t pl, int nthreads, unsigned char[:, :, :, ::1] argmax=None):
+                   Py_ssize_t pl, int nthreads, unsigned char[:, :, :, ::1] argmax=None,
+                   bint relu_input=False):
     """y = max (or mean) of every window of x; windows clipped to the input.  ``argmax`` (max
-    pooling, may be None; ph * pw <= 256): each channel's first maximum as i * pw + j."""
+    pooling, may be None; ph * pw <= 256): each channel's first maximum as i * pw + j, or 255
+    where the maximum is not positive when ``relu_input`` (ph * pw <= 255)."""
     cdef Pool p = _pool(x.shape, y.shape, ph, pw, sh, sw, pt, pl)
     cdef Py_ssize_t r
     cdef const floating *px = &x[0, 0, 0, 0]
@@ -340,7 +348,7 @@ def pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, bin
     cdef unsigned char *pam = &argmax[0, 0, 0, 0] if argmax is not None else NULL
     with nogil:
         for r in prange(p.n * p.oh, num_threads=nthreads, schedule='static'):
-            pool_row(px, py, pam, &p, r, average)
+            pool_row(px, py, pam, &p, r, average, relu_input)
 
 
 # --------------------------------------------------------------------------------- backward
@@ -377,13 +385,29 @@ cdef void backward_image(const floating *x, const floating *y, const unsigned ch
 cdef void backward(const floating *x, const floating *y, const unsigned char *am,
                    const floating *dy, floating *dx, const Pool *p, bint average,
                    floating *pending, Py_ssize_t stride, int nthreads) noexcept nogil:
-    cdef Py_ssize_t r, n
+    cdef Py_ssize_t r, n, b, colour, oh, nb, reach
     if p.sh >= p.ph:
         for r in prange(p.n * p.oh, num_threads=nthreads, schedule='static'):
             backward_row(x, y, am, dy, dx, p, average, r, pending + threadid() * stride)
-    else:
+        return
+    # Overlapping rows of windows.  Enough images: whole images per thread.  Fewer images than
+    # threads: each image's output rows in nb blocks, the even blocks in parallel, then the odd
+    # ones; a block of at least ceil(ph / sh) - 1 rows keeps same-colour blocks' windows apart,
+    # and the fixed colour order keeps the sums reproducible.
+    reach = (p.ph + p.sh - 1) // p.sh - 1
+    nb = imin(2 * nthreads, p.oh // imax(reach, 1))
+    if p.n >= nthreads or nb < 4:
         for n in prange(p.n, num_threads=nthreads, schedule='static'):
             backward_image(x, y, am, dy, dx, p, average, n, pending + threadid() * stride)
+        return
+    for n in range(p.n):
+        for r in prange(p.h, num_threads=nthreads, schedule='static'):
+            memset(dx + (n * p.h + r) * p.w * p.c, 0, p.w * p.c * sizeof(floating))
+        for colour in range(2):
+            for b in prange(colour, nb, 2, num_threads=nthreads, schedule='static'):
+                for oh in range(p.oh * b // nb, p.oh * (b + 1) // nb):
+                    backward_rows(x, y, am, dy, dx, p, n, oh, average, False,
+                                  pending + threadid() * stride)
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] y,

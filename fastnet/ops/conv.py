@@ -18,9 +18,11 @@ Example::
     (8, 26, 26, 32)
 
 Every op validates its arguments, takes its thread count from ``fastnet.config`` and its
-temporary buffers (im2col panels, partial sums) from ``fastnet.ops._workspace``; only the outputs
-are allocated, and not even those when ``out`` is given.  ``_algorithm`` (private, for tests and
-benchmarks) forces one kernel path; see ``fastnet/_kernels/conv.pyx`` for what each one does.
+temporary buffers (packed kernels, per-thread tables and partial sums, im2col panels) from
+``fastnet.ops._workspace``, allocated once and reused; only the outputs are allocated, and not
+even those when ``out`` is given.  The backward ops take ``relu_output`` (the forward's output
+when it fused a ReLU) and mask the incoming gradient themselves.  ``_algorithm`` (private, for
+tests and benchmarks) forces one kernel path; see ``fastnet/_kernels/conv.pyx`` for each.
 """
 import numpy as np
 

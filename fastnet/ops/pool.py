@@ -79,9 +79,11 @@ def _threads(out_shape, pool):
     return 1 if work < _PARALLEL_MIN_WORK else config.get_num_threads()
 
 
-def _check_argmax(argmax, yshape, pool, writeable):
+def _check_argmax(argmax, yshape, pool, writeable, relu_input=False):
     """The uint8 argmax buffer (shaped like y), or None."""
     if argmax is None:
+        if relu_input:
+            raise ValueError("relu_input=True needs an argmax buffer")
         return None
     if not isinstance(argmax, np.ndarray):
         raise TypeError(f"argmax must be a numpy.ndarray or None, got {type(argmax).__name__}")
@@ -90,25 +92,27 @@ def _check_argmax(argmax, yshape, pool, writeable):
         raise ValueError(f"argmax must be a{' writeable' if writeable else ''} C-contiguous "
                          f"uint8 array of shape {tuple(yshape)}, got {argmax.dtype} "
                          f"{argmax.shape}")
-    if pool[0] * pool[1] > 256:
-        raise ValueError(f"argmax needs a pool of at most 256 elements, got {pool}")
+    if pool[0] * pool[1] > 256 - relu_input:
+        raise ValueError(f"argmax needs a pool of at most {256 - relu_input} elements"
+                         f"{' with relu_input' if relu_input else ''}, got {pool}")
     return argmax
 
 
-def _forward(x, pool_size, strides, padding, out, average, argmax=None):
+def _forward(x, pool_size, strides, padding, out, average, argmax=None, relu_input=False):
     x = check_array(x, "x", ndim=4)
     _check_nonempty(x, "x")
     pool, strides, yshape, (pt, pl) = _window(x.shape, pool_size, strides, padding)
     out = check_out(out, "out", yshape, x.dtype)
     _check_no_overlap(out, "out", x)
-    argmax = _check_argmax(argmax, yshape, pool, True)
+    argmax = _check_argmax(argmax, yshape, pool, True, bool(relu_input))
     _check_no_overlap(argmax, "argmax", x, out)
     _kernels.pool2d_forward(x, out, average, pool[0], pool[1], strides[0], strides[1], pt, pl,
-                            _threads(yshape, pool), argmax)
+                            _threads(yshape, pool), argmax, bool(relu_input))
     return out
 
 
-def max_pool2d(x, pool_size=2, strides=None, padding="valid", out=None, argmax=None):
+def max_pool2d(x, pool_size=2, strides=None, padding="valid", out=None, argmax=None,
+               relu_input=False):
     """Max over every ``pool_size`` window of x (N, H, W, C), float32 or float64.
 
     pool_size and strides are ints or pairs (strides default: pool_size); padding 'valid' or
@@ -116,8 +120,13 @@ def max_pool2d(x, pool_size=2, strides=None, padding="valid", out=None, argmax=N
     optional uint8 array shaped like y (pools of at most 256 elements), filled with the
     position ``i * pool_w + j`` of each window's first maximum (row-major); give it to
     ``max_pool2d_backward``, which then reads one byte per output instead of x and y.
+
+    ``relu_input=True`` (with ``argmax``; pools of at most 255 elements): x is the output of a
+    ReLU, and windows whose maximum is not positive get argmax 255, so the backward sends them
+    no gradient: its dx is then already the gradient of the ReLU's input, and the layer before
+    needs no mask (e.g. no ``relu_output`` for ``conv2d_backward_weight``).
     """
-    return _forward(x, pool_size, strides, padding, out, False, argmax)
+    return _forward(x, pool_size, strides, padding, out, False, argmax, relu_input)
 
 
 def avg_pool2d(x, pool_size=2, strides=None, padding="valid", out=None):
