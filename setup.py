@@ -12,6 +12,7 @@ Environment knobs (for development):
   FASTNET_BUILD_ONLY=gemm,conv   build only these kernel modules (helps parallel work)
   FASTNET_NO_OPENMP=1            force the serial build
   FASTNET_CFLAGS="-g ..."        extra compiler flags
+  FASTNET_SANITIZE=address,undefined   instrumented build (see .ci/sanitize)
 """
 import os
 import platform
@@ -36,6 +37,18 @@ ISA_GROUPS = [
     ("avx2", ["-mavx2", "-mfma"], sorted(glob("csrc/avx2/*.c")), "FN_HAVE_AVX2"),
     ("avx512", ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mavx2", "-mfma"],
      sorted(glob("csrc/avx512/*.c")), "FN_HAVE_AVX512"),
+]
+
+# The int8 GEMM (csrc/int8) is linked into fastnet._kernels.int8 with its own ISA groups; its
+# macros go to its sources directly.  -ffp-contract=off: the requantization epilogue must round
+# identically on every path (no fused multiply-add where another path multiplies then adds).
+INT8_EXT = "fastnet._kernels.int8"
+INT8_FLAGS = ["-ffp-contract=off"]
+INT8_ISA_GROUPS = [
+    ("avx2", ["-mavx2", "-mfma"], sorted(glob("csrc/int8/avx2/*.c")), "FN_HAVE_INT8_AVX2"),
+    ("avx512vnni", ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mavx512vnni",
+                    "-mavx2", "-mfma"],
+     sorted(glob("csrc/int8/avx512vnni/*.c")), "FN_HAVE_INT8_AVX512VNNI"),
 ]
 
 
@@ -68,13 +81,37 @@ else:
         OMP_FLAGS = ["-fopenmp-simd"] if _compiler_accepts(["-fopenmp-simd"]) else []
         OMP_LINK = []
 EXTRA = os.environ.get("FASTNET_CFLAGS", "").split()
+# FASTNET_SANITIZE=address,undefined: an instrumented build for .ci/sanitize.  -O1 keeps the
+# reports' stacks readable; target_clones is off because its ifunc resolvers run before ASan starts.
+SANITIZE = os.environ.get("FASTNET_SANITIZE", "").strip()
+SANITIZE_LINK = []
+if SANITIZE and not IS_MSVC:
+    SANITIZE_LINK = [f"-fsanitize={SANITIZE}"]
+    EXTRA = ["-O1", "-g", "-fno-omit-frame-pointer", "-DFN_NO_TARGET_CLONES"] + SANITIZE_LINK + EXTRA
 
 
 class BuildExt(build_ext):
     """build_ext that first compiles each ISA group of ``csrc`` with its own flags."""
 
+    def _int8_objects(self):
+        common = dict(output_dir=self.build_temp, include_dirs=["csrc/int8"], debug=self.debug)
+        flags = BASE_FLAGS + OMP_FLAGS + EXTRA + (INT8_FLAGS if not IS_MSVC else [])
+        objects, macros = [], []
+        if IS_X86 and not IS_MSVC:
+            for name, isa_flags, sources, macro in INT8_ISA_GROUPS:
+                if sources and _compiler_accepts(isa_flags):
+                    objects += self.compiler.compile(sources, extra_postargs=flags + isa_flags,
+                                                     **common)
+                    macros.append((macro, "1"))
+        objects += self.compiler.compile(
+            sorted(glob("csrc/int8/*.c")) + sorted(glob("csrc/int8/generic/*.c")),
+            extra_postargs=flags, macros=macros, **common)
+        return objects, macros
+
     def _isa_objects(self, ext):
         objects, macros = [], []  # macros reach dispatch through csrc/fn_isa_config.h
+        if ext.name == INT8_EXT:
+            return self._int8_objects()
         if ext.name != "fastnet._kernels.gemm":
             return objects, macros
         common = dict(output_dir=self.build_temp, include_dirs=["csrc"], debug=self.debug)
@@ -109,9 +146,10 @@ def _kernel_extensions():
             include_dirs=[np.get_include(), "csrc"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=BASE_FLAGS + OMP_FLAGS + EXTRA,
-            extra_link_args=OMP_LINK,
+            extra_link_args=OMP_LINK + SANITIZE_LINK,
             # The GEMM extension must relink when any C source or header changes.
-            depends=sorted(glob("csrc/**/*.[ch]", recursive=True)) if name == "gemm" else [],
+            depends=sorted(glob("csrc/**/*.[ch]", recursive=True)) if name == "gemm" else
+            sorted(glob("csrc/int8/**/*.[ch]", recursive=True)) if name == "int8" else [],
         )
         exts.append(ext)
     return exts

@@ -14,12 +14,20 @@ _SUBMODULES = ("activations", "callbacks", "config", "datasets", "initializers",
                "schedules", "utils")
 
 
+# Functions exported from a submodule, loaded on first use too: name -> module.
+_LAZY_FUNCTIONS = {"quantize": "quantization"}
+_SUBMODULES += ("quantization", "pruning", "distillation")
+_SUBMODULES += ("data", "preprocessing")
+
+
 def __getattr__(name):
     # Submodules load on first use, so `import fastnet` stays cheap.
     if name in _SUBMODULES:
         return importlib.import_module(f"fastnet.{name}")
+    if name in _LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(f"fastnet.{_LAZY_FUNCTIONS[name]}"), name)
     raise AttributeError(f"module 'fastnet' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_SUBMODULES))
+    return sorted(list(globals()) + list(_SUBMODULES) + list(_LAZY_FUNCTIONS))

@@ -103,6 +103,32 @@ class RandomUniform(GlorotUniform):
         return {"minval": self.minval, "maxval": self.maxval, "seed": self.seed}
 
 
+class Orthogonal(GlorotUniform):
+    """Keras' orthogonal initializer: the weight viewed as (prod(shape[:-1]), shape[-1]) has
+    orthonormal rows or columns (whichever are fewer), times ``gain``.  Q of the QR of a
+    standard normal (max, min) matrix, its columns' signs fixed by diag(R)."""
+
+    def __init__(self, gain=1.0, seed=None):
+        super().__init__(seed)
+        self.gain = gain
+
+    def __call__(self, shape, dtype="float32"):
+        shape = tuple(shape)
+        if len(shape) < 2:
+            raise ValueError(f"the orthogonal initializer needs a shape of rank >= 2, "
+                             f"got {shape}")
+        rows, cols = int(np.prod(shape[:-1])), shape[-1]
+        a = self._rng().standard_normal((max(rows, cols), min(rows, cols)))
+        q, r = np.linalg.qr(a)
+        q *= np.where(np.diag(r) < 0, -1.0, 1.0)
+        if rows < cols:
+            q = q.T
+        return (self.gain * q).reshape(shape).astype(dtype)
+
+    def get_config(self):
+        return {"gain": self.gain, "seed": self.seed}
+
+
 def _truncated_normal(rng, shape, std, dtype):
     x = rng.standard_normal(size=shape)
     bad = np.abs(x) > 2
@@ -115,7 +141,8 @@ def _truncated_normal(rng, shape, std, dtype):
 _BY_NAME = {
     "zeros": Zeros, "ones": Ones, "glorot_uniform": GlorotUniform, "glorot_normal": GlorotNormal,
     "he_normal": HeNormal, "he_uniform": HeUniform, "random_normal": RandomNormal,
-    "random_uniform": RandomUniform,
+    "random_uniform": RandomUniform, "orthogonal": Orthogonal,
+    "uniform": RandomUniform, "normal": RandomNormal,   # Keras 3 aliases
 }
 
 

@@ -365,10 +365,12 @@ def test_full_corrupted_cache_file_is_replaced(tiny_mnist):
     raw = bytearray(victim.read_bytes())
     raw[-10] ^= 0xFF
     victim.write_bytes(bytes(raw))
-    _check(mnist.load_data(source="full", cache_dir=cache), data)
+    with pytest.warns(RuntimeWarning, match="did not match its checksum .* was removed"):
+        _check(mnist.load_data(source="full", cache_dir=cache), data)
     assert server.requests[4:] == ["/t10k-images-idx3-ubyte.gz"]
     (cache / "train-labels-idx1-ubyte.gz").write_bytes(b"")           # truncated to nothing
-    _check(mnist.load_data(source="full", cache_dir=cache), data)
+    with pytest.warns(RuntimeWarning, match="0 bytes, expected"):
+        _check(mnist.load_data(source="full", cache_dir=cache), data)
     assert server.requests[5:] == ["/train-labels-idx1-ubyte.gz"]
 
 

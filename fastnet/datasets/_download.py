@@ -11,8 +11,10 @@ import http.client
 import os
 import tempfile
 import urllib.request
+import warnings
 
-__all__ = ["DownloadError", "fetch", "file_sha256", "DEFAULT_TIMEOUT"]
+__all__ = ["DownloadError", "fetch", "file_sha256", "file_digest", "parse_checksum",
+           "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = 30.0          # seconds, per blocking socket operation
 _CHUNK = 1 << 16
@@ -23,22 +25,41 @@ class DownloadError(OSError):
     """A data file could not be obtained from any mirror (network error or bad checksum)."""
 
 
-def file_sha256(path):
-    """Hex sha256 of the file at ``path`` (read in chunks)."""
-    h = hashlib.sha256()
+def parse_checksum(checksum):
+    """(algorithm, hex digest) from ``"<64 hex>"`` (sha256), ``"sha256:<hex>"`` or
+    ``"md5:<hex>"`` (for data sets whose publishers list only md5 sums)."""
+    algo, _, digest = checksum.rpartition(":")
+    algo = algo or "sha256"
+    if algo not in ("sha256", "md5"):
+        raise ValueError(f"unsupported checksum algorithm {algo!r} (sha256 or md5)")
+    return algo, digest.lower()
+
+
+def file_digest(path, algorithm="sha256"):
+    """Hex digest of the file at ``path`` (read in chunks)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(_CHUNK), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def _is_valid(path, sha256, size):
+def file_sha256(path):
+    """Hex sha256 of the file at ``path`` (read in chunks)."""
+    return file_digest(path, "sha256")
+
+
+def _mismatch(path, checksum, size):
+    """Why the file at ``path`` is not the expected one, or None when it is."""
     try:
-        if size is not None and os.path.getsize(path) != size:
-            return False
-        return file_sha256(path) == sha256
-    except OSError:
-        return False
+        actual = os.path.getsize(path)
+        if size is not None and actual != size:
+            return f"{actual} bytes, expected {size}"
+        algo, digest = parse_checksum(checksum)
+        got = file_digest(path, algo)
+        return None if got == digest else f"{algo} {got}, expected {digest}"
+    except OSError as exc:
+        return f"unreadable: {exc}"
 
 
 def _open_url(url, timeout):
@@ -50,7 +71,8 @@ def _open_url(url, timeout):
 
 
 def download_url(url, dest_dir, filename, sha256, size=None, timeout=DEFAULT_TIMEOUT):
-    """Download ``url`` into ``dest_dir/filename`` if and only if its sha256 matches.
+    """Download ``url`` into ``dest_dir/filename`` if and only if its checksum matches
+    (``sha256``: a sha256 hex digest, or ``"md5:<hex>"``, see :func:`parse_checksum`).
 
     Streams into a temporary file in ``dest_dir`` while hashing; when ``size`` is known the
     download stops as soon as more bytes arrive than expected.  Raises OSError (network
@@ -58,7 +80,8 @@ def download_url(url, dest_dir, filename, sha256, size=None, timeout=DEFAULT_TIM
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=dest_dir)
     try:
-        h = hashlib.sha256()
+        algo, digest_expected = parse_checksum(sha256)
+        h = hashlib.new(algo)
         got = 0
         with os.fdopen(fd, "wb") as out, _open_url(url, timeout) as resp:
             length = resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
@@ -77,8 +100,9 @@ def download_url(url, dest_dir, filename, sha256, size=None, timeout=DEFAULT_TIM
         if size is not None and got != size:
             raise ValueError(f"received {got} bytes, expected {size}")
         digest = h.hexdigest()
-        if digest != sha256:
-            raise ValueError(f"sha256 mismatch: got {digest}, expected {sha256}")
+        if digest != digest_expected:
+            raise ValueError(f"{algo} mismatch: got {digest}, expected {digest_expected} "
+                             "(the download was discarded)")
         final = os.path.join(dest_dir, filename)
         os.replace(tmp, final)
         tmp = None
@@ -96,16 +120,22 @@ def fetch(filename, sha256, cache_dir, mirrors, *, size=None, timeout=DEFAULT_TI
     """Return the path of ``cache_dir/filename``, downloading it if it is missing or damaged.
 
     ``mirrors`` is a sequence of base URLs (ending in ``/``); ``mirror + filename`` is tried in
-    order.  A cached file whose size or sha256 is wrong is deleted before downloading.  Raises
+    order.  A cached file whose size or checksum is wrong is deleted (with a RuntimeWarning)
+    before downloading; if the download fails too, the error says the cached file was removed.  Raises
     :class:`DownloadError` listing every URL tried and why it failed; ``hint`` is appended to
     the message.
     """
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, filename)
+    removed = None
     if os.path.exists(path):
-        if _is_valid(path, sha256, size):
+        why = _mismatch(path, sha256, size)
+        if why is None:
             return path
         os.unlink(path)                 # corrupted or partial: never use it, fetch again
+        removed = (f"The cached file {path} did not match its checksum ({why}) and was "
+                   "removed.")
+        warnings.warn(f"{removed} Downloading it again.", RuntimeWarning, stacklevel=2)
     failures = []
     for base in mirrors:
         url = base + filename
@@ -116,6 +146,8 @@ def fetch(filename, sha256, cache_dir, mirrors, *, size=None, timeout=DEFAULT_TI
             failures.append(f"  {url}: {type(exc).__name__}: {reason}")
     msg = (f"could not download {filename!r} into {cache_dir!r}; URLs tried:\n"
            + "\n".join(failures))
+    if removed:
+        msg += "\n" + removed
     if hint:
         msg += "\n" + hint
     raise DownloadError(msg)

@@ -25,13 +25,12 @@ returns new arrays that the caller may modify.
 import functools
 import hashlib
 import io
-import os
 import warnings
 from importlib import resources
 
 import numpy as np
 
-from fastnet.datasets import _download
+from fastnet.datasets import _download, _remote
 from fastnet.datasets._download import DownloadError
 from fastnet.datasets._idx import read_idx
 
@@ -146,10 +145,7 @@ CHECKSUMS = {
 def default_cache_dir():
     """The folder used for the full MNIST files when ``cache_dir`` is not given:
     ``$FASTNET_DATA_DIR/mnist`` if that variable is set, else ``~/.fastnet/datasets/mnist``."""
-    root = os.environ.get("FASTNET_DATA_DIR")
-    if root:
-        return os.path.join(os.path.expanduser(root), "mnist")
-    return os.path.join(os.path.expanduser("~"), ".fastnet", "datasets", "mnist")
+    return _remote.default_cache_dir("mnist")
 
 
 def _offline_hint(cache_dir):
@@ -161,23 +157,25 @@ def _offline_hint(cache_dir):
 
 
 def _load_full(cache_dir, timeout):
-    cache_dir = os.path.abspath(os.path.expanduser(os.fspath(cache_dir))) if cache_dir \
-        else default_cache_dir()
-    arrays = {}
-    for role, name in FILES.items():
-        sha256, size = CHECKSUMS[name]
-        path = _download.fetch(name, sha256, cache_dir, MIRRORS, size=size, timeout=timeout,
-                               hint=_offline_hint(cache_dir))
-        arrays[role] = read_idx(path)
+    cache_dir = _remote.resolve_cache_dir(cache_dir, "mnist")
+    paths = _remote.fetch_files(FILES.values(), CHECKSUMS, MIRRORS, cache_dir, timeout,
+                                _offline_hint(cache_dir))
+    return idx_image_pairs(paths, FILES, "MNIST")
+
+
+def idx_image_pairs(paths, files, title):
+    """((x_train, y_train), (x_test, y_test)) from the four verified IDX files of an
+    MNIST-format data set; a file of the wrong shape or type raises ValueError with its path."""
     out = []
     for part in ("train", "test"):
-        x, y = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        x_path, y_path = paths[files[f"{part}_images"]], paths[files[f"{part}_labels"]]
+        x, y = read_idx(x_path), read_idx(y_path)
         if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28):
-            raise ValueError(f"MNIST {part} images: expected uint8 (N, 28, 28), "
+            raise ValueError(f"{title} {part} images in {x_path}: expected uint8 (N, 28, 28), "
                              f"got {x.dtype} {x.shape}")
         if y.dtype != np.uint8 or y.shape != (x.shape[0],) or (y.size and y.max() > 9):
-            raise ValueError(f"MNIST {part} labels: expected {x.shape[0]} uint8 values 0-9, "
-                             f"got {y.dtype} {y.shape}")
+            raise ValueError(f"{title} {part} labels in {y_path}: expected {x.shape[0]} uint8 "
+                             f"values 0-9, got {y.dtype} {y.shape}")
         out.append((x, y))
     return tuple(out)
 

@@ -17,6 +17,19 @@ def _auto_name(cls_name):
     return base if n == 0 else f"{base}_{n}"
 
 
+def _is_shape_list(shape):
+    """True for a list of shapes (several inputs or outputs), False for one shape."""
+    return isinstance(shape, list) or (isinstance(shape, tuple) and len(shape) > 0 and all(
+        isinstance(s, (tuple, list)) for s in shape))
+
+
+def _has_symbolic(x):
+    from fastnet.layers.node import KerasTensor
+    if isinstance(x, KerasTensor):
+        return True
+    return isinstance(x, (list, tuple)) and any(isinstance(t, KerasTensor) for t in x)
+
+
 def _as_shape(shape, name):
     try:
         shape = tuple(shape)
@@ -36,8 +49,28 @@ class Layer:
     ``forward`` returns an array owned by the layer (reused on the next call of the same batch
     size); ``backward`` writes the gradients of exactly the ``trainable_weight_names`` into
     ``self.grads`` (data gradient, then ``add_regularization_grads``) and returns dL/dx (or
-    None when the model said the input gradient is not needed).
+    None when the model said the input gradient is not needed).  ``backward`` must treat ``dy``
+    as read-only: the model may pass the same array to several layers.
+
+    Several inputs: a layer with the class attribute ``multi_input = True`` gets a list of
+    shapes in ``build`` / ``compute_output_shape``, a list of arrays in ``forward(xs,
+    training)``, and returns a list of gradients from ``backward`` (entries may be None when
+    ``need_input_grad`` is False).  Several outputs: when ``compute_output_shape`` returns a
+    list of shapes, ``forward`` returns a list of arrays and ``backward`` receives a list of
+    gradients, one per output; an output nothing depends on gets a zero array (never None).
+
+    Calling a layer on a ``KerasTensor`` (or a list of them) records a node of the functional
+    API and returns KerasTensor(s); on NumPy arrays it computes at once.  A layer called on
+    several tensors (a shared layer) keeps one set of per-call state per call: everything
+    ``forward`` stores on ``self`` (and the ``buffer`` arrays) belongs to one call, so state
+    meant to persist across calls (counters, caches of weights) must exist once the layer is
+    built.
     """
+
+    multi_input = False
+    # attributes the model sets before each call: never part of the per-call state
+    _SHARED_STATE = frozenset(("need_input_grad", "skip_activation_grad", "trainable", "grads",
+                               "_regularizers", "_call_slot", "_call_states", "_state_keys"))
 
     def __init__(self, name=None, trainable=True, dtype=None, input_shape=None, input_dim=None,
                  **kwargs):
@@ -64,6 +97,9 @@ class Layer:
         self._buffers = {}
         self._non_trainable = set()   # weights never given a gradient (BatchNorm moving stats)
         self._regularizers = {}       # weight name -> Regularizer
+        self._inbound_nodes = []      # functional API: one Node per symbolic call
+        self._call_slot = None        # which call's state is loaded (shared layers)
+        self._call_states = {}
 
     # -- weights ---------------------------------------------------------------------------
     def add_weight(self, name, shape, initializer, trainable=True, regularizer=None):
@@ -87,12 +123,53 @@ class Layer:
         return value
 
     def build(self, input_shape):
-        """Create the weights for inputs of ``input_shape`` (no batch axis)."""
-        input_shape = _as_shape(input_shape, "input_shape")
-        self.output_shape = self.compute_output_shape(input_shape)
+        """Create the weights for inputs of ``input_shape`` (no batch axis; a list of shapes
+        for a ``multi_input`` layer)."""
+        input_shape = self._check_input_shapes(input_shape)
+        out = self.compute_output_shape(input_shape)
+        self.output_shape = [_as_shape(s, "output shape") for s in out] if _is_shape_list(out) \
+            else _as_shape(out, "output shape")
         self.input_shape = input_shape
         self.build_weights(input_shape)
         self.built = True
+
+    def _check_input_shapes(self, input_shape):
+        if not self.multi_input:
+            return _as_shape(input_shape, "input_shape")
+        if not _is_shape_list(input_shape):
+            raise TypeError(f"{self.name}: {type(self).__name__} takes a list of inputs; got "
+                            f"the single shape {input_shape!r}")
+        return [_as_shape(s, f"input_shape[{i}]") for i, s in enumerate(input_shape)]
+
+    def _build_once(self, input_shape):
+        """Build for ``input_shape`` (or check it against the built one) and remember which
+        attributes exist after building: the rest is per-call state (see ``_enter_call``)."""
+        shape = self._check_input_shapes(input_shape)
+        if not self.built:
+            self.build(shape)
+            self._state_keys = frozenset(self.__dict__) - {"_buffers"}
+        elif shape != self.input_shape:
+            raise ValueError(f"layer {self.name} was built for inputs {self.input_shape} but "
+                             f"receives {shape}")
+        elif "_state_keys" not in self.__dict__:   # built directly with build()
+            self._state_keys = frozenset(self.__dict__) - {"_buffers"}
+
+    def _enter_call(self, slot):
+        """Load the per-call state (buffers and whatever ``forward`` stored on ``self``) of
+        call ``slot`` of a shared layer, saving the state of the call loaded before.  Costs a
+        few dict operations; only the models' shared layers use it."""
+        if slot == self._call_slot:
+            return
+        d = self.__dict__
+        keep = d.get("_state_keys")
+        if keep is None:   # built outside _build_once: what exists now is the layer's own
+            keep = self._state_keys = frozenset(d) - {"_buffers"}
+        current = {k: d[k] for k in d if k not in keep and k not in self._SHARED_STATE}
+        for k in current:
+            del d[k]
+        self._call_states[self._call_slot] = current
+        d.update(self._call_states.pop(slot, None) or {"_buffers": {}})
+        self._call_slot = slot
 
     def build_weights(self, input_shape):
         pass
@@ -201,16 +278,52 @@ class Layer:
         raise NotImplementedError
 
     def __call__(self, x, training=False):
-        """Eager call on a NumPy batch: builds on first use and returns a new array."""
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        if x.ndim < 1:
-            raise ValueError(f"{self.name}: input must have a batch axis, got shape {x.shape}")
-        if not self.built:
-            self.build(x.shape[1:])
-        elif x.shape[1:] != self.input_shape:
-            raise ValueError(f"{self.name}: expected input shape (batch, "
-                             f"{', '.join(map(str, self.input_shape))}), got {x.shape}")
-        return self.forward(x, training=training).copy()
+        """On KerasTensor(s): record a functional-API node and return KerasTensor(s).  On NumPy
+        batches: build on first use, compute, and return new array(s)."""
+        if _has_symbolic(x):
+            return self._call_symbolic(x)
+        if self.multi_input:
+            if not isinstance(x, (list, tuple)) or not x:
+                raise TypeError(f"{self.name}: {type(self).__name__} takes a list of inputs, "
+                                f"got {type(x).__name__}")
+            xs = [np.ascontiguousarray(v, dtype=self.dtype) for v in x]
+            if any(v.ndim < 1 for v in xs) or len({v.shape[0] for v in xs}) != 1:
+                raise ValueError(f"{self.name}: every input needs the same batch axis, got "
+                                 f"shapes {[v.shape for v in xs]}")
+            self._build_once([v.shape[1:] for v in xs])
+            y = self.forward(xs, training=training)
+        else:
+            x = np.ascontiguousarray(x, dtype=self.dtype)
+            if x.ndim < 1:
+                raise ValueError(f"{self.name}: input must have a batch axis, got shape "
+                                 f"{x.shape}")
+            if self.built and x.shape[1:] != self.input_shape:
+                raise ValueError(f"{self.name}: expected input shape (batch, "
+                                 f"{', '.join(map(str, self.input_shape))}), got {x.shape}")
+            self._build_once(x.shape[1:])
+            y = self.forward(x, training=training)
+        return [v.copy() for v in y] if isinstance(y, list) else y.copy()
+
+    def _call_symbolic(self, x):
+        from fastnet.layers.node import KerasTensor, Node
+        tensors = list(x) if isinstance(x, (list, tuple)) else [x]
+        for t in tensors:
+            if not isinstance(t, KerasTensor):
+                raise TypeError(f"{self.name}: cannot mix symbolic tensors (from Input) and "
+                                f"{type(t).__name__} in one call")
+        if self.multi_input:
+            if not isinstance(x, (list, tuple)):
+                raise TypeError(f"{self.name}: {type(self).__name__} takes a list of inputs, "
+                                f"e.g. {type(self).__name__}()([a, b])")
+            shapes = [t.shape[1:] for t in tensors]
+        else:
+            if len(tensors) != 1:
+                raise TypeError(f"{self.name}: {type(self).__name__} takes one input, got a "
+                                f"list of {len(tensors)}")
+            shapes = tensors[0].shape[1:]
+        self._build_once(shapes)
+        node = Node(self, tensors, self.output_shape, _is_shape_list(self.output_shape))
+        return list(node.outputs) if node.multi_output else node.outputs[0]
 
     @classmethod
     def from_config(cls, config):

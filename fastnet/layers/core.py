@@ -1,15 +1,18 @@
-"""Core layers: Input, InputLayer, Dense, Flatten, Activation."""
+"""Core layers: Input, InputLayer, Dense, Flatten, Activation (KerasTensor: see node.py)."""
 import numpy as np
 
 from fastnet import activations, regularizers
 from fastnet.layers.base import ActivationMixin, Layer, _as_shape
+from fastnet.layers.node import KerasTensor, Node  # noqa: F401  (KerasTensor: public here)
 from fastnet.ops import activations as act_ops
 from fastnet.ops.core import bias_grad
 from fastnet.ops.matmul import matmul
 
 
 class InputLayer(Layer):
-    """Declares the input shape (no batch axis) of a Sequential model; passes data through."""
+    """The entry of a model: declares the per-sample input shape; passes data through.
+
+    ``output`` is its symbolic tensor (what ``Input`` returns)."""
 
     def __init__(self, input_shape=None, batch_size=None, dtype=None, name=None, shape=None,
                  **kwargs):
@@ -17,7 +20,16 @@ class InputLayer(Layer):
         if shape is None:
             raise ValueError("InputLayer: shape (or input_shape) is required")
         super().__init__(name=name, dtype=dtype, input_shape=shape, **kwargs)
-        self.batch_size = batch_size
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+                batch_size, (int, np.integer)) or batch_size < 1):
+            raise ValueError(f"InputLayer: batch_size must be a positive integer or None, "
+                             f"got {batch_size!r}")
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.build(self.batch_input_shape)
+        self._state_keys = frozenset(self.__dict__) - {"_buffers"}
+        node = Node(self, [], self.batch_input_shape, False)
+        self.output = node.outputs[0]
+        self.output.shape = (self.batch_size,) + self.batch_input_shape
 
     def forward(self, x, training=False):
         return x
@@ -31,24 +43,14 @@ class InputLayer(Layer):
         return cfg
 
 
-class KerasTensor:
-    """What ``Input(shape)`` returns: a symbolic batch of ``shape`` (batch axis None)."""
-
-    def __init__(self, layer):
-        self._keras_history = layer
-        self.shape = (layer.batch_size,) + layer.batch_input_shape
-        self.dtype = layer.dtype
-
-    def __repr__(self):
-        return f"<KerasTensor shape={self.shape} dtype={self.dtype.name}>"
-
-
 def Input(shape=None, batch_size=None, dtype=None, name=None):
-    """A symbolic input of ``shape`` (no batch axis); the first entry of a Sequential model."""
+    """A symbolic input batch of ``shape`` (no batch axis): the start of a functional model
+    (``x = Input(shape=(32, 32, 3)); y = Conv2D(8, 3)(x); Model(x, y)``) or the first entry
+    of a Sequential model."""
     if shape is None:
         raise ValueError("Input: shape is required, e.g. Input(shape=(28, 28, 1))")
-    return KerasTensor(InputLayer(shape=_as_shape(shape, "shape"), batch_size=batch_size,
-                                  dtype=dtype, name=name))
+    return InputLayer(shape=_as_shape(shape, "shape"), batch_size=batch_size, dtype=dtype,
+                      name=name).output
 
 
 class Dense(ActivationMixin, Layer):

@@ -20,6 +20,31 @@ class MaxPooling2D(Layer):
         self.pool_size = pair(pool_size, "pool_size")
         self.strides = pair(strides, "strides") if strides is not None else self.pool_size
         self.padding = check_padding(padding)
+        self._conv = None   # see fuse_conv_backward
+
+    def fuse_conv_backward(self, conv):
+        """Take over the backward of ``conv``, the layer whose output this pooling reads alone.
+
+        The model calls this when ``conv`` is a Conv2D with no or a ReLU activation whose input
+        gradient is not needed (a network's first layer): training forwards then record each
+        window's argmax (ReLU-masked), and ``backward`` computes the conv's kernel and bias
+        gradients straight from the pooled gradient
+        (``fastnet.ops.conv.conv2d_backward_weight_pooled``) and returns None, so neither the
+        full-size pooling gradient nor the conv backward is run.  ``None`` undoes it.
+        Returns True when fused."""
+        self._conv = None
+        if conv is None:
+            return False
+        from fastnet.layers.conv import Conv2D
+        plain = type(conv) is Conv2D and getattr(conv, "groups", 1) == 1 \
+            and tuple(getattr(conv, "dilation_rate", (1, 1))) == (1, 1)
+        if not (plain and not conv.need_input_grad
+                and conv.activation in (None, "relu") and not conv.skip_activation_grad
+                and conv.dtype == self.dtype
+                and self.pool_size[0] * self.pool_size[1] <= 255):
+            return False
+        self._conv = conv
+        return True
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -35,16 +60,33 @@ class MaxPooling2D(Layer):
         return (oh, ow, input_shape[2])
 
     def forward(self, x, training=False):
+        shape = (x.shape[0],) + self.output_shape
+        argmax = None
+        if training and self._conv is not None:
+            argmax = self.buffer("argmax", shape, "uint8")
         y = pool_ops.max_pool2d(x, self.pool_size, self.strides, self.padding,
-                                out=self.buffer("y", (x.shape[0],) + self.output_shape))
-        self._x, self._y = x, y
+                                out=self.buffer("y", shape), argmax=argmax,
+                                relu_input=argmax is not None and self._conv.activation == "relu")
+        self._x, self._y, self._argmax = x, y, argmax
         return y
 
     def backward(self, dy):
+        conv = self._conv
+        if conv is not None and self._argmax is not None:
+            if conv.trainable:
+                from fastnet.ops.conv import conv2d_backward_weight_pooled
+                conv2d_backward_weight_pooled(
+                    conv._x, dy, self._argmax, conv.kernel_size, strides=conv.strides,
+                    padding=conv.padding, pool_size=self.pool_size, pool_strides=self.strides,
+                    pool_padding=self.padding, out=conv.grads["kernel"],
+                    bias_grad=conv.grads.get("bias"))
+                conv.add_regularization_grads()
+            return None
         if not self.need_input_grad:
             return None
         return pool_ops.max_pool2d_backward(self._x, self._y, dy, self.pool_size, self.strides,
-                                            self.padding, out=self.buffer("dx", self._x.shape))
+                                            self.padding, out=self.buffer("dx", self._x.shape),
+                                            argmax=self._argmax)
 
     def get_config(self):
         cfg = super().get_config()

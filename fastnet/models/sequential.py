@@ -1,10 +1,12 @@
-"""Sequential: a plain stack of layers, each feeding the next."""
+"""Sequential: a plain stack of layers, each feeding the next — a functional model whose graph
+is a chain (built as soon as the input shape is known)."""
 from fastnet.layers.base import Layer
 from fastnet.layers.core import InputLayer, KerasTensor
+from fastnet.models.functional import Functional
 from fastnet.models.model import Model
 
 
-class Sequential(Model):
+class Sequential(Functional):
     """A linear stack of layers.
 
     >>> model = Sequential([Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1)),
@@ -12,7 +14,7 @@ class Sequential(Model):
     """
 
     def __init__(self, layers=None, name=None):
-        super().__init__(name=name or "sequential")
+        Model.__init__(self, name=name or "sequential")
         self._layers = []
         self._declared_input = None
         if layers is not None:
@@ -23,12 +25,19 @@ class Sequential(Model):
 
     @property
     def layers(self):
+        """The layers, without the input layer (as Keras' Sequential)."""
         return list(self._layers)
+
+    @property
+    def output_names(self):
+        if self.built:
+            return list(self._output_names)
+        return [self._layers[-1].name] if self._layers else ["output"]
 
     def add(self, layer):
         """Append a layer (or an ``Input(shape)`` as the first entry)."""
         if isinstance(layer, KerasTensor):
-            layer = layer._keras_history
+            layer = layer._keras_history[0]
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add: expected a fastnet Layer or Input, "
                             f"got {type(layer).__name__}")
@@ -37,6 +46,9 @@ class Sequential(Model):
                 raise ValueError("Sequential: an Input can only be the first entry")
             self._declared_input = layer
             return
+        if layer.multi_input:
+            raise ValueError(f"Sequential.add: {layer.name} takes several inputs; use the "
+                             f"functional API (Model(inputs, outputs)) for it")
         if any(existing is layer for existing in self._layers):
             raise ValueError(f"Sequential.add: layer {layer.name} is already in this model")
         self._layers.append(layer)
@@ -55,65 +67,31 @@ class Sequential(Model):
             self.build((None,) + self._input_shape_declared())
         return layer
 
+    def build(self, input_shape=None):
+        """Create every weight for inputs of ``input_shape`` (batch axis first, may be None)."""
+        Model.build(self, input_shape)
+
+    _summary_rows = Model._summary_rows   # Keras' Sequential table: no "Connected to"
+
     def _input_shape_declared(self):
         if self._declared_input is not None:
             return self._declared_input.batch_input_shape
         return self._layers[0].batch_input_shape if self._layers else None
 
-    def _build_layers(self, input_shape):
+    def _build_graph(self, input_shape):
+        """The chain input -> layer 1 -> ... -> layer n as a graph."""
         if not self._layers:
             raise ValueError("Sequential: add at least one layer before building")
-        shape = input_shape
-        for i, layer in enumerate(self._layers):
-            if not layer.built:
-                layer.build(shape)
-            elif layer.input_shape != shape:
-                raise ValueError(f"layer {layer.name} was built for inputs {layer.input_shape} "
-                                 f"but receives {shape}")
-            layer.need_input_grad = i > 0
-            shape = layer.output_shape
-        self._inference_plan = self._plan_inference()
-        return shape
-
-    def _plan_inference(self):
-        """Steps of the inference forward: (layer, bn, activation) folds a Conv2D/Dense without
-        activation and the BatchNormalization after it (and a following Activation('relu'))
-        into one kernel call; (layer, None, None) runs a layer as it is."""
-        from fastnet.layers.conv import Conv2D
-        from fastnet.layers.core import Activation, Dense
-        from fastnet.layers.normalization import BatchNormalization
-        plan, seq, i = [], self._layers, 0
-        while i < len(seq):
-            layer = seq[i]
-            nxt = seq[i + 1] if i + 1 < len(seq) else None
-            if isinstance(layer, (Conv2D, Dense)) and layer.activation is None \
-                    and isinstance(nxt, BatchNormalization) and nxt.axis in (-1, len(
-                        layer.output_shape)):
-                j, act = i + 2, None
-                if j < len(seq) and type(seq[j]) is Activation and seq[j].activation == "relu":
-                    j, act = j + 1, "relu"
-                plan.append((layer, nxt, act))
-                i = j
-            else:
-                plan.append((layer, None, None))
-                i += 1
-        return plan
-
-    def _forward(self, x, training):
-        if training:
-            for layer in self._layers:
-                x = layer.forward(x, training)
-            return x
-        for layer, bn, act in self._inference_plan:
-            x = layer.forward(x, False) if bn is None else layer.forward_folded(x, bn, act)
-        return x
-
-    def _backward(self, dy):
-        for layer in reversed(self._layers):
-            dy = layer.backward(dy)
-            if dy is None:
-                break
-        return dy
+        inp = self._declared_input
+        if inp is None or inp.batch_input_shape != tuple(input_shape):
+            inp = InputLayer(shape=input_shape, dtype=self._layers[0].dtype)
+        x = inp.output
+        for layer in self._layers:
+            x = layer(x)
+            if isinstance(x, list):
+                raise ValueError(f"Sequential: {layer.name} has several outputs; use the "
+                                 f"functional API (Model(inputs, outputs)) for it")
+        self._init_graph(inp.output, x)
 
     def get_config(self):
         """Name, the layers' class names and configs, and the input shape once built."""
@@ -126,15 +104,17 @@ class Sequential(Model):
         return cfg
 
     @classmethod
-    def from_config(cls, config):
-        """Rebuild from ``get_config()``; layer classes are looked up among fastnet's own."""
+    def from_config(cls, config, custom_objects=None):
+        """Rebuild from ``get_config()``; layer classes are looked up among fastnet's own (and
+        ``custom_objects``)."""
         from fastnet import layers as layers_mod
-        from fastnet.saving import _from_class_config
+        from fastnet.utils import serialization as _serial
         model = cls(name=config.get("name"))
         if not isinstance(config.get("layers"), list):
             raise ValueError("Sequential config needs a list of layers")
         for entry in config["layers"]:
-            model.add(_from_class_config(layers_mod, Layer, entry))
+            model.add(_serial.deserialize(entry, lambda n: getattr(layers_mod, n, None), Layer,
+                                          "layer", custom_objects))
         if config.get("input_shape") is not None and not model.built:
             model.build((None,) + tuple(config["input_shape"]))
         return model

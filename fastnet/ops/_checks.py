@@ -26,6 +26,34 @@ def check_array(x, name, *, ndim=None, dtype=None, contiguous=True):
     return x
 
 
+def check_nonempty(a, name):
+    """Raise unless every dimension of ``a`` is non-zero."""
+    if a.size == 0:
+        raise ValueError(f"{name} must not have a zero-sized dimension, got shape {a.shape}")
+
+
+def check_no_overlap(out, name, *arrays):
+    """Raise if out's memory span meets any of the arrays' (None skipped): the bounds test of
+    numpy.may_share_memory, three arrays per call to the GEMM module's sub-microsecond one."""
+    if out is None:
+        return
+    from fastnet._kernels.gemm import first_overlap
+    for i in range(0, len(arrays), 3):
+        a, b, c = (arrays[i:i + 3] + (None, None))[:3]
+        if first_overlap(out, a, b, c) >= 0:
+            raise ValueError(f"{name} must not overlap the inputs")
+
+
+def fast_pair(v, name):
+    """``pair`` with fast paths for the common cases: a positive Python int, or two of them."""
+    if type(v) is int and v >= 1:
+        return v, v
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int \
+            and v[0] >= 1 and v[1] >= 1:
+        return v
+    return pair(v, name)
+
+
 def check_out(out, name, shape, dtype):
     """Check a caller-supplied output buffer, or allocate one when ``out`` is None."""
     if out is None:

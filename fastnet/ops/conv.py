@@ -28,12 +28,15 @@ import numpy as np
 
 from fastnet import config
 from fastnet._kernels import conv as _kernels
-from fastnet._kernels.gemm import first_overlap as _first_overlap
-from fastnet.ops._checks import (check_array, check_out, check_padding, check_positive_int,
-                                 conv_output_size, pair)
+from fastnet.ops._checks import check_array, check_out, check_padding, check_positive_int
+from fastnet.ops._checks import check_no_overlap as _check_no_overlap
+from fastnet.ops._checks import check_nonempty as _check_nonempty
+from fastnet.ops._checks import conv_output_size
+from fastnet.ops._checks import fast_pair as _pair
 from fastnet.ops._workspace import scratch
 
-__all__ = ["conv2d", "conv2d_backward_input", "conv2d_backward_weight"]
+__all__ = ["conv2d", "conv2d_backward_input", "conv2d_backward_weight",
+           "conv2d_backward_weight_pooled"]
 
 _ACTIVATIONS = {None: 0, "linear": 0, "relu": 1}   # codes of fastnet._kernels.gemm ACT_*
 # Which kernel, by shape (measured on Zen 4, batch 32-64, float32; see benchmarks/bench_conv.py
@@ -63,9 +66,6 @@ _IMPLICIT_OPS = {"forward": 0, "backward_input": 1, "backward_weight": 2,
 
 
 # ------------------------------------------------------------------------------ argument checks
-def _check_nonempty(a, name):
-    if a.size == 0:
-        raise ValueError(f"{name} must not have a zero-sized dimension, got shape {a.shape}")
 
 
 def _check_shape4(shape, name):
@@ -75,27 +75,6 @@ def _check_shape4(shape, name):
     if not isinstance(shape, (tuple, list)) or len(shape) != 4:
         raise ValueError(f"{name} must be a tuple of 4 integers (N, H, W, C), got {shape!r}")
     return tuple(check_positive_int(s, name) for s in shape)
-
-
-def _check_no_overlap(out, name, *arrays):
-    """Raise if out's memory span meets any of the arrays' (None skipped): the bounds test of
-    numpy.may_share_memory, three arrays per call to the kernel module's sub-microsecond one."""
-    if out is None:
-        return
-    for i in range(0, len(arrays), 3):
-        a, b, c = (arrays[i:i + 3] + (None, None))[:3]
-        if _first_overlap(out, a, b, c) >= 0:
-            raise ValueError(f"{name} must not overlap the inputs")
-
-
-def _pair(v, name):
-    """pair() with fast paths for the common cases: a positive Python int, or a tuple of two."""
-    if type(v) is int and v >= 1:
-        return v, v
-    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int \
-            and v[0] >= 1 and v[1] >= 1:
-        return v
-    return pair(v, name)
 
 
 def _geometry(in_hw, k_hw, strides, padding):
@@ -337,4 +316,63 @@ def conv2d_backward_weight(x, dy, kernel_size, *, strides=1, padding="valid", ou
     _kernels.conv2d_backward_weight(x, dy, out.reshape(k, cout), bias_grad, kh, kw, strides[0],
                                     strides[1], pt, pl, algorithm, panel, tile, partials,
                                     bias_partials, nthreads, relu_output)
+    return out, bias_grad
+
+
+def conv2d_backward_weight_pooled(x, dy_pool, argmax, kernel_size, *, strides=1, padding="valid",
+                                  pool_size=2, pool_strides=None, pool_padding="valid",
+                                  out=None, bias_grad=None):
+    """``conv2d_backward_weight`` for a conv whose output y went straight into ``max_pool2d``,
+    computed from the pooling's output gradient without the pooling backward.
+
+    x (N, H, W, Cin) the conv input; dy_pool (N, QH, QW, Cout) the gradient of the pooling's
+    output; argmax (N, QH, QW, Cout) uint8, the array ``max_pool2d(y, ..., argmax=argmax)``
+    filled (with ``relu_input=True`` when the conv fused a ReLU: the ReLU mask is then in the
+    argmax and this equals the masked gradient).  The window arguments are the conv's and the
+    pooling's.  Returns ``(dkernel, bias_grad)`` like ``conv2d_backward_weight``, equal to it
+    applied to ``max_pool2d_backward(y, ...)`` up to rounding, while reading only dy_pool and
+    the argmax instead of two full-size arrays.  Use it when the conv's input gradient is not
+    needed (the pooling's dx is never formed).
+    """
+    from fastnet._kernels import conv_pool as _cp
+    from fastnet.ops.pool import _window
+    x = check_array(x, "x", ndim=4)
+    dy_pool = check_array(dy_pool, "dy_pool", ndim=4, dtype=x.dtype)
+    _check_nonempty(x, "x")
+    _check_nonempty(dy_pool, "dy_pool")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    strides = _pair(strides, "strides")
+    padding = check_padding(padding)
+    n, h, w, cin = x.shape
+    (oh, ow), (pt, pl) = _geometry((h, w), (kh, kw), strides, padding)
+    cout = dy_pool.shape[3]
+    pool, pstrides, qshape, (ppt, ppl) = _window((n, oh, ow, cout), pool_size, pool_strides,
+                                                 pool_padding)
+    if dy_pool.shape != qshape:
+        raise ValueError(f"dy_pool must have shape {qshape} (max_pool2d of the conv2d output "
+                         f"for x of shape {x.shape}), got {dy_pool.shape}")
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.uint8 \
+            or argmax.shape != qshape or not argmax.flags.c_contiguous:
+        raise ValueError(f"argmax must be a C-contiguous uint8 array of shape {qshape}, got "
+                         f"{getattr(argmax, 'dtype', type(argmax).__name__)} "
+                         f"{getattr(argmax, 'shape', '')}")
+    out = check_out(out, "out", (kh, kw, cin, cout), x.dtype)
+    _check_no_overlap(out, "out", x, dy_pool, argmax)
+    if bias_grad is not None:
+        if not isinstance(bias_grad, np.ndarray):
+            raise TypeError(f"bias_grad must be a numpy.ndarray or None, "
+                            f"got {type(bias_grad).__name__}")
+        check_out(bias_grad, "bias_grad", (cout,), x.dtype)
+        _check_no_overlap(bias_grad, "bias_grad", x, dy_pool, argmax)
+        _check_no_overlap(bias_grad, "bias_grad", out)
+    k = kh * kw * cin
+    rows = n * qshape[1]
+    nthreads = min(_threads(n * oh * ow * k * cout), rows)
+    per_line = 64 // x.itemsize
+    stride = -(-(k * cout + 2 * cout + k) // per_line) * per_line
+    partials = scratch("conv.pooled_partials", (nthreads, stride), x.dtype)
+    _cp.conv_pool_backward_weight(x, dy_pool, argmax, out.reshape(k, cout), bias_grad,
+                                  (kh, kw, strides[0], strides[1], pt, pl),
+                                  (pool[0], pool[1], pstrides[0], pstrides[1], ppt, ppl),
+                                  oh, ow, partials, nthreads)
     return out, bias_grad

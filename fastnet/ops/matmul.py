@@ -49,6 +49,10 @@ def matmul(a, b, *, bias=None, activation=None, transpose_a=False, transpose_b=F
         >>> matmul(x, w, bias=np.array([1, -5], np.float32), activation='relu')
         array([[4., 0.], ... ], dtype=float32)
     """
+    fast = _gemm.matmul_fast(a, b, bias, activation, transpose_a, transpose_b, out,
+                             config._num_threads)
+    if fast is not None:
+        return fast
     check_array(a, "a", ndim=2, contiguous=False)
     dtype = a.dtype
     check_array(b, "b", ndim=2, dtype=dtype, contiguous=False)

@@ -19,40 +19,16 @@ import numpy as np
 
 from fastnet import config
 from fastnet._kernels import pool as _kernels
-from fastnet._kernels.gemm import first_overlap as _first_overlap
-from fastnet.ops._checks import (check_array, check_out, check_padding, check_positive_int,
-                                 conv_output_size, pair)
+from fastnet.ops._checks import check_array, check_out, check_padding, check_positive_int
+from fastnet.ops._checks import check_no_overlap as _check_no_overlap
+from fastnet.ops._checks import check_nonempty as _check_nonempty
+from fastnet.ops._checks import conv_output_size
+from fastnet.ops._checks import fast_pair as _pair
 from fastnet.ops._workspace import scratch
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward"]
 
 _PARALLEL_MIN_WORK = 65536   # window-element visits below which a kernel runs on one thread
-
-
-def _check_nonempty(a, name):
-    if a.size == 0:
-        raise ValueError(f"{name} must not have a zero-sized dimension, got shape {a.shape}")
-
-
-def _check_no_overlap(out, name, *arrays):
-    """Raise if out's memory span meets any of the arrays' (None skipped): the bounds test of
-    numpy.may_share_memory, three arrays per call to the kernel module's sub-microsecond one."""
-    if out is None:
-        return
-    for i in range(0, len(arrays), 3):
-        a, b, c = (arrays[i:i + 3] + (None, None))[:3]
-        if _first_overlap(out, a, b, c) >= 0:
-            raise ValueError(f"{name} must not overlap the inputs")
-
-
-def _pair(v, name):
-    """pair() with fast paths for the common cases: a positive Python int, or a tuple of two."""
-    if type(v) is int and v >= 1:
-        return v, v
-    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int \
-            and v[0] >= 1 and v[1] >= 1:
-        return v
-    return pair(v, name)
 
 
 def _window(input_shape, pool_size, strides, padding):

@@ -18,6 +18,7 @@ import numpy as np
 
 from fastnet import config
 from fastnet._kernels import spatial as _k
+from fastnet.ops._checks import check_no_overlap as _check_no_overlap
 from fastnet.ops._checks import check_array, check_out, check_positive_int
 from fastnet.ops._workspace import scratch
 
@@ -41,12 +42,6 @@ def _check_x4(x, name):
     if x.size == 0:
         raise ValueError(f"{name} must not have a zero-sized dimension, got shape {x.shape}")
     return x
-
-
-def _check_no_overlap(out, name, *arrays):
-    for a in arrays:
-        if a is not None and np.may_share_memory(out, a):
-            raise ValueError(f"{name} must not overlap the inputs")
 
 
 def _check_shape4(shape, name):

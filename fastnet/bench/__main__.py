@@ -1,0 +1,5 @@
+import sys
+
+from fastnet.bench.command import main
+
+sys.exit(main())
