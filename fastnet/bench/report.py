@@ -238,9 +238,11 @@ def plot(report, path):
     ax.set_title(f"fastnet {env['versions']['fastnet']} vs its peers: {env['machine']['cpu']}, "
                  f"{env['date'][:10]}, medians of {s['rounds']} fresh processes"
                  f"{' (--quick)' if s['quick'] else ''}", fontsize=9)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.5 / fig.get_figheight()),
-              ncol=len(peers))
     ax.grid(axis="x", which="both", alpha=0.3)
     fig.tight_layout()
+    # below the figure (savefig's tight box grows to hold it), clear of the axis label
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=len(peers))
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
