@@ -11,16 +11,14 @@ gives the median time per step and fastnet's time as a ratio of PyTorch's (the i
     pytest benchmarks/bench_lstm.py --benchmark-only      # the same step, pytest-benchmark
 """
 import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
-import time
 
 import numpy as np
+import pytest
 
 import _source_checkout  # noqa: F401
+from _interleaved import medians, report_child, run_rounds
+
+pytestmark = pytest.mark.ci   # the CI's plain `pytest` runs each case once, untimed
 
 BATCH, STEPS, FEATURES, UNITS, CLASSES = 64, 28, 28, 128, 10
 
@@ -106,7 +104,6 @@ def test_fastnet_lstm_train_step(benchmark):
 
 
 def test_torch_lstm_train_step(benchmark):
-    import pytest
     torch = pytest.importorskip("torch")
     import fastnet
     torch.set_num_threads(fastnet.get_num_threads())
@@ -115,8 +112,7 @@ def test_torch_lstm_train_step(benchmark):
 
 
 # -- script mode: fresh processes, interleaved -------------------------------------------------
-def _measure(kind, threads, steps, repeats):
-    """In a child process: print JSON with the median milliseconds per training step."""
+def _child(kind, threads, steps, repeats):
     if kind == "fastnet":
         import fastnet
         fastnet.set_num_threads(threads)
@@ -125,17 +121,7 @@ def _measure(kind, threads, steps, repeats):
         import torch
         torch.set_num_threads(threads)
         step = torch_step_fn()
-    for _ in range(5):
-        step()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(steps):
-            step()
-        wall.append((time.perf_counter() - t0) / steps * 1e3)
-        cpu.append((time.process_time() - c0) / steps * 1e3)
-    print(json.dumps({"kind": kind, "threads": threads, "ms": statistics.median(wall),
-                      "cpu_ms": statistics.median(cpu)}))
+    report_child(kind, threads, step, steps, repeats)
 
 
 def main():
@@ -149,7 +135,7 @@ def main():
     args = ap.parse_args()
     if args.child:
         kind, threads = args.child.split(":")
-        return _measure(kind, int(threads), args.steps, args.repeats)
+        return _child(kind, int(threads), args.steps, args.repeats)
     try:
         import torch
         kinds = ["fastnet", "torch"]
@@ -159,28 +145,17 @@ def main():
     except ImportError:
         print("PyTorch not installed (pip install torch==2.13.0): fastnet only")
         kinds = ["fastnet"]
-    results = {}
-    for threads in [int(t) for t in args.threads.split(",")]:
-        for rnd in range(args.rounds):
-            for kind in kinds:
-                env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
-                out = subprocess.run([sys.executable, __file__, "--child", f"{kind}:{threads}",
-                                      "--steps", str(args.steps), "--repeats",
-                                      str(args.repeats)],
-                                     env=env, capture_output=True, text=True, check=True)
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                results.setdefault((kind, threads), []).append((r["ms"], r["cpu_ms"]))
-                print(f"  round {rnd + 1} {kind:8s} {threads} thread(s): {r['ms']:7.2f} ms/step "
-                      f"(process CPU time {r['cpu_ms']:7.2f} ms)", flush=True)
+    results = run_rounds(__file__, kinds, [int(t) for t in args.threads.split(",")],
+                         args.rounds, args.steps, args.repeats)
     print(f"\nLSTM({UNITS}) + Dense({CLASSES}) training step, batch {BATCH}, {STEPS} steps x "
           f"{FEATURES} features, Adam; median of {args.rounds} fresh processes.  Wall time is "
           f"the figure; CPU time (all threads) is steadier on a shared machine.")
     print(f"{'threads':>7}  {'fastnet ms':>10}  {'torch ms':>9}  {'fastnet/torch':>13}  "
           f"{'CPU ms fastnet':>14}  {'torch':>7}  {'ratio':>6}")
     for threads in sorted({t for _, t in results}):
-        fw, fc = (statistics.median(v) for v in zip(*results[("fastnet", threads)]))
+        fw, fc = medians(results, "fastnet", threads)
         if "torch" in kinds:
-            tw, tc = (statistics.median(v) for v in zip(*results[("torch", threads)]))
+            tw, tc = medians(results, "torch", threads)
             print(f"{threads:>7}  {fw:10.2f}  {tw:9.2f}  {fw / tw:13.2f}  {fc:14.2f}  "
                   f"{tc:7.2f}  {fc / tc:6.2f}")
         else:

@@ -13,16 +13,11 @@ channels_last), and the medians of the step times are compared; the ratio is fas
 the faster torch layout (<= 1.0 means fastnet is as fast or faster).
 """
 import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
-import time
 
 import numpy as np
 
 import _source_checkout  # noqa: F401
+from _interleaved import medians, report_child, run_rounds
 
 BATCH, SIZE, CHANNELS, BLOCKS, CLASSES = 32, 32, 64, 4, 10
 
@@ -152,7 +147,7 @@ def test_same_loss_as_torch():
 
 # -- script mode: fresh processes, interleaved -------------------------------------------------
 def _measure(kind, threads, steps, repeats):
-    """Run in a child process: print JSON with the median step time in ms."""
+    """Run in a child process: print JSON with the median wall and CPU ms per step."""
     if kind == "fastnet":
         import fastnet
         fastnet.set_num_threads(threads)
@@ -161,17 +156,7 @@ def _measure(kind, threads, steps, repeats):
         import torch
         torch.set_num_threads(threads)
         step = torch_step_fn(kind == "torch-cl")
-    for _ in range(3):
-        step()
-    times, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(steps):
-            step()
-        times.append((time.perf_counter() - t0) / steps * 1e3)
-        cpu.append((time.process_time() - c0) / steps * 1e3)
-    print(json.dumps({"kind": kind, "threads": threads, "ms": statistics.median(times),
-                      "cpu_ms": statistics.median(cpu)}))
+    report_child(kind, threads, step, steps, repeats, warmup=3)
 
 
 def main():
@@ -191,35 +176,22 @@ def main():
     except ImportError:
         print("PyTorch not installed (pip install torch==2.13.0): fastnet only")
         kinds = ["fastnet"]
-    results = {}
-    for threads in [int(t) for t in args.threads.split(",")]:
-        for rnd in range(args.rounds):
-            for kind in kinds:
-                env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
-                out = subprocess.run([sys.executable, __file__, "--child", f"{kind}:{threads}",
-                                      "--steps", str(args.steps), "--repeats", str(args.repeats)],
-                                     env=env, capture_output=True, text=True, check=True)
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                results.setdefault((kind, threads), []).append((r["ms"], r["cpu_ms"]))
-                print(f"  round {rnd + 1} {kind:11s} {threads} thread(s): {r['ms']:8.1f} ms/step "
-                      f"(process CPU time {r['cpu_ms']:8.1f} ms)", flush=True)
+    results = run_rounds(__file__, kinds, [int(t) for t in args.threads.split(",")],
+                         args.rounds, args.steps, args.repeats)
     print(f"\nResNet block stack training step (batch {BATCH}, {SIZE}x{SIZE}x{CHANNELS}, "
           f"{BLOCKS} basic blocks, Adam), median of {args.rounds} fresh processes; CPU time is "
           f"the fairer figure on a busy machine at 1 thread")
     print(f"{'threads':>7}  {'config':12s} {'ms/step':>8} {'CPU ms':>8}  "
           f"{'fastnet / this (wall, CPU)':>26}")
-
-    def med(kind, threads, i):
-        return statistics.median(r[i] for r in results[(kind, threads)])
     for threads in sorted({t for _, t in results}):
-        fn = [med("fastnet", threads, i) for i in (0, 1)]
+        fn = medians(results, "fastnet", threads)
         for kind in kinds:
-            v = [med(kind, threads, i) for i in (0, 1)]
+            v = medians(results, kind, threads)
             print(f"{threads:>7}  {kind:12s} {v[0]:8.1f} {v[1]:8.1f}  "
                   f"{fn[0] / v[0]:12.2f} {fn[1] / v[1]:12.2f}")
         torch_kinds = [k for k in kinds if k != "fastnet"]
         if torch_kinds:
-            best = [min(med(k, threads, i) for k in torch_kinds) for i in (0, 1)]
+            best = [min(medians(results, k, threads)[i] for k in torch_kinds) for i in (0, 1)]
             print(f"{threads:>7}  ratio vs the faster torch layout: {fn[0] / best[0]:.2f} wall, "
                   f"{fn[1] / best[1]:.2f} CPU time (target <= 1.0)")
 

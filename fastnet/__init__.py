@@ -16,8 +16,8 @@ _SUBMODULES = ("activations", "callbacks", "config", "datasets", "initializers",
 
 # Functions exported from a submodule, loaded on first use too: name -> module.
 _LAZY_FUNCTIONS = {"quantize": "quantization"}
-_SUBMODULES += ("quantization", "pruning", "distillation")
-_SUBMODULES += ("data", "preprocessing")
+_SUBMODULES += ("quantization", "pruning", "distillation", "data", "preprocessing", "inference",
+                "onnx", "distributed", "bench", "examples")
 
 
 def __getattr__(name):

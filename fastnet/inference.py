@@ -25,7 +25,8 @@ accumulators in registers: for such products the blocked GEMM's set-up (packing,
 implicit convolution's pointer tables) costs more than the arithmetic.
 
 For each batch size (and thread count) a *plan* is made, once per Python thread: every shape
-checked, every kernel and its thread count chosen as the ops would choose them, and every
+checked, every kernel chosen as the ops would choose it (and its thread count too, except that
+steps under ~8M multiply-adds stay on the calling thread: see _MIN_TEAM_WORK), and every
 intermediate array laid out in one arena (arrays whose lifetimes do not overlap share bytes;
 the last layer writes straight into the caller's output array).  A call then validates the
 input, and runs the whole plan in C without the GIL: no per-layer Python, no allocation but the

@@ -18,6 +18,10 @@ from fastnet.bench.worker import WorkerContext, all_configs, time_calls
 
 import fastnet
 
+# Child interpreters run from the folder holding the fastnet this test imported (the
+# installed one in CI): started from a source checkout they would import its unbuilt copy.
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastnet.__file__)))
+
 # the directory holding the fastnet these tests import (a source checkout or site-packages)
 FASTNET_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastnet.__file__)))
 
@@ -368,7 +372,8 @@ def test_quick_run_of_one_suite_produces_valid_json(tmp_path):
         cmd += ["--plot", str(png)]
     environ = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [FASTNET_ROOT, os.environ.get("PYTHONPATH")])), OMP_NUM_THREADS="1")
-    res = subprocess.run(cmd, capture_output=True, text=True, env=environ, timeout=300)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=environ, timeout=300,
+                         cwd=_PKG_PARENT)
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads(out.read_text())
     assert schema.validate(data) == []

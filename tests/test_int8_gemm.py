@@ -17,6 +17,10 @@ from fastnet._kernels import int8 as K
 from fastnet.ops import int8 as Q
 from fastnet.ops._checks import conv_output_size
 
+# Child interpreters run from the folder holding the fastnet this test imported (the
+# installed one in CI): started from a source checkout they would import its unbuilt copy.
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastnet.__file__)))
+
 ISAS = K.available_isas()
 
 
@@ -355,6 +359,7 @@ def test_isa_from_environment(env, expected):
     code = "from fastnet._kernels import int8; print(int8.isa())"
     full = {k: v for k, v in os.environ.items() if k not in ("FASTNET_ISA", "FASTNET_INT8_ISA")}
     full.update(env)
-    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], env=full, cwd=_PKG_PARENT,
+                         capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == expected

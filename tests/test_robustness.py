@@ -20,6 +20,10 @@ from fastnet._kernels import threads as _threads
 from fastnet.cli import build_classic_cnn
 from fastnet.utils import set_random_seed
 
+# Child interpreters run from the folder holding the fastnet this test imported (the
+# installed one in CI): started from a source checkout they would import its unbuilt copy.
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastnet.__file__)))
+
 
 @pytest.fixture(autouse=True)
 def _restore_threads():
@@ -213,7 +217,8 @@ THREADS_SCRIPT = textwrap.dedent("""
 def test_set_num_threads_takes_effect_between_steps():
     env = dict(os.environ, OMP_WAIT_POLICY="passive", OMP_NUM_THREADS="2",
                PYTHONPATH=os.pathsep.join(p for p in sys.path if p))   # the same fastnet
-    out = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], env=env, cwd=_PKG_PARENT,
+                         capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     n_one, n_two, cpu_two, cpu_back = map(int, out.stdout.split())

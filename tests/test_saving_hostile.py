@@ -18,6 +18,10 @@ import pytest
 from fastnet import layers, models, saving
 from fastnet.utils import set_random_seed
 
+# Child interpreters run from the folder holding the fastnet this test imported (the
+# installed one in CI): started from a source checkout they would import its unbuilt copy.
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(saving.__file__)))
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -285,7 +289,7 @@ def test_sigkill_during_save_leaves_a_loadable_file(tmp_path):
                OMP_NUM_THREADS="1")
     interrupted = 0
     for delay in (0.0, 0.013, 0.037, 0.071):
-        with subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], env=env,
+        with subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], env=env, cwd=_PKG_PARENT,
                               stdout=subprocess.PIPE, text=True) as proc:
             try:
                 first = int(proc.stdout.readline())        # one complete save exists

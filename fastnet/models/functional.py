@@ -296,6 +296,8 @@ class Functional(Model):
                 st[9] = True
         self._fused_softmax = fused
         self._bsteps = [tuple(st) for st in steps]
+        self._dead_layers = [l for l in self._graph_layers
+                             if id(l) not in done and not isinstance(l, InputLayer)]
 
     def _fuse_pool_backward(self, live):
         """Let a max pooling that alone reads the output of a first-layer convolution (one
@@ -317,8 +319,6 @@ class Functional(Model):
             if layer.fuse_conv_backward(conv):
                 pooled[j] = layer
         return pooled
-        self._dead_layers = [l for l in self._graph_layers
-                             if id(l) not in done and not isinstance(l, InputLayer)]
 
     # -- running ---------------------------------------------------------------------------------
     def _forward_list(self, xs, training):
