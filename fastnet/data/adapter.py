@@ -141,16 +141,10 @@ def fit_dataset(model, x, y=None, *, batch_size=None, epochs=1, verbose="auto", 
                 sample_weight=None, initial_epoch=0, steps_per_epoch=None):
     """``Model.fit`` for a dataset/generator ``x`` (or arrays with a dataset as
     ``validation_data``); same arguments and result (a History)."""
-    from fastnet.models.model import _StopOnInterrupt, _check_verbose
+    from fastnet.models.model import _StopOnInterrupt, _check_epochs, _check_verbose
     model._require_compiled("fit")
     verbose = _check_verbose(verbose)
-    for name, v in (("epochs", epochs), ("initial_epoch", initial_epoch)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-    if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(
-            steps_per_epoch, numbers.Integral) or steps_per_epoch < 1):
-        raise ValueError(f"steps_per_epoch must be a positive integer or None, "
-                         f"got {steps_per_epoch!r}")
+    _check_epochs(epochs, initial_epoch, steps_per_epoch)
     if is_dataset_like(x):
         _check_no_array_args("fit", y, sample_weight, batch_size, validation_split)
     else:   # arrays with a dataset as validation_data (which overrides validation_split)
