@@ -2,7 +2,9 @@
 
 fastnet ``ops.matmul`` against NumPy's ``matmul`` on its BLAS and ``torch.matmul``, every
 operand and output preallocated (a transposed operand is a transposed view, as a layer's
-backward pass passes it)."""
+backward pass passes it).  The ``+bias+relu`` rows time what a layer's forward needs, the
+product followed by its bias and activation: fused into the GEMM's epilogue in fastnet, two
+in-place passes over the output for NumPy and PyTorch (``torch.addmm`` takes the bias)."""
 import numpy as np
 
 from fastnet.bench.cases import Bench, Case, checksum
@@ -30,6 +32,14 @@ CNN = [
     ("dense2 dW", 64, 10, 64, True, False, False),
     ("dense2 dX", 64, 64, 10, False, True, False),
 ]
+# the forward products with the layer's epilogue: name, M, N, K, activation, in --quick
+EPILOGUE = [
+    ("conv1 fwd+bias+relu", 43264, 32, 9, "relu", True),
+    ("conv2 fwd+bias+relu", 7744, 64, 288, "relu", False),
+    ("conv3 fwd+bias+relu", 576, 64, 576, "relu", False),
+    ("dense1 fwd+bias+relu", 64, 64, 576, "relu", False),
+    ("dense2 fwd+bias", 64, 10, 64, None, False),
+]
 
 
 def cases(batches=None):
@@ -38,6 +48,9 @@ def cases(batches=None):
         ops = ("T" if ta else "N") + ("T" if tb else "N")   # BLAS transa, transb
         out.append(Case(SUITE, name, f"{m}x{n}x{k} {ops}", 2.0 * m * n * k, "GFLOP/s",
                         params=(m, n, k, ta, tb), quick=quick))
+    for name, m, n, k, act, quick in EPILOGUE:
+        out.append(Case(SUITE, name, f"{m}x{n}x{k} NN", 2.0 * m * n * k, "GFLOP/s",
+                        params=(m, n, k, False, False, act), quick=quick))
     return out
 
 
@@ -50,6 +63,8 @@ def operands(m, n, k, transpose_a, transpose_b, seed=0):
 
 
 def make(case, config, ctx):
+    if len(case.params) == 6:
+        return _make_epilogue(case, config)
     m, n, k, ta, tb = case.params
     a, b, out = operands(m, n, k, ta, tb)
     if config.library == "fastnet":
@@ -70,6 +85,40 @@ def make(case, config, ctx):
 
         def fn():
             return torch.matmul(at, bt, out=ot)
+    else:
+        return None
+
+    def probe():
+        fn()
+        return checksum(out)
+    return Bench(fn, probe)
+
+
+def _make_epilogue(case, config):
+    m, n, k, _, _, act = case.params
+    a, b, out = operands(m, n, k, False, False)
+    bias = np.random.default_rng(1).standard_normal(n).astype(np.float32)
+    if config.library == "fastnet":
+        from fastnet.ops import matmul
+
+        def fn():
+            return matmul(a, b, bias=bias, activation=act, out=out)
+    elif config.library == "numpy":
+        def fn():
+            np.matmul(a, b, out=out)
+            np.add(out, bias, out=out)
+            if act == "relu":
+                np.maximum(out, 0.0, out=out)
+            return out
+    elif config.library == "torch":
+        import torch
+        at, bt, ot, bias_t = (torch.from_numpy(v) for v in (a, b, out, bias))
+
+        def fn():
+            torch.addmm(bias_t, at, bt, out=ot)
+            if act == "relu":
+                torch.relu_(ot)
+            return ot
     else:
         return None
 
