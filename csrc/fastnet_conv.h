@@ -13,9 +13,13 @@
  * relu_y (may be NULL) is the forward output of a fused ReLU: the gradient is masked where it
  * is not positive, on the fly.  ws is a workspace of fn_conv_workspace(op, g, dbl, nthreads)
  * elements of the precision (64-byte aligned), reused across calls by the caller.  nthreads is
- * the OpenMP team size.  Results of forward and backward_input do not depend on the team size;
- * backward_weight's per-thread partial sums are added in thread order (bitwise reproducible
- * for a given team size).  All sizes are trusted: the Python ops validate before calling.
+ * the OpenMP team size.  Results of forward do not depend on the team size.  The backward
+ * kernels cut their sums over pixels into g->nparts blocks, added in block order, the team's
+ * threads taking blocks in turn: g->nparts <= 0 means one block per thread (the fast default:
+ * bitwise reproducible for a given team size only); a fixed g->nparts > 0 makes the results
+ * independent of the team size (fastnet.config.deterministic).  Size the workspace with
+ * nthreads = max(team size, nparts).  All sizes are trusted: the Python ops validate before
+ * calling.
  */
 #ifndef FASTNET_CONV_H
 #define FASTNET_CONV_H
@@ -31,6 +35,7 @@ typedef struct {
     ptrdiff_t oh, ow, cout;      /* output */
     ptrdiff_t kh, kw, sh, sw;    /* kernel size and strides */
     ptrdiff_t pt, pl;            /* padding before (top, left) */
+    ptrdiff_t nparts;            /* backward reduction blocks; <= 0: one per thread */
 } fn_conv_geom;
 
 #define FN_CONV_FORWARD 0

@@ -1,9 +1,35 @@
-"""Process-wide settings: the OpenMP thread count every kernel is given."""
+"""Process-wide settings: the OpenMP thread count every kernel is given, and the deterministic
+mode.
+
+Deterministic mode (``deterministic(True)``, ``with deterministic(): ...`` or the environment
+variable ``FASTNET_DETERMINISTIC=1`` at import; off by default).  By default a kernel that sums
+over many items (a weight or bias gradient over the batch, a pooling backward with overlapping
+windows) cuts the sum into one block per thread and adds the blocks in thread order: results
+are bitwise reproducible for a given ``set_num_threads``, but change (by rounding) with it.  In
+deterministic mode every such reduction is cut into a number of blocks fixed by the problem
+size alone (at most ``DETERMINISTIC_PARTS``), the threads take blocks in turn and the blocks are
+added in block order, and shape-based kernel choices stop looking at the thread count: the same
+model trained from the same seed gives bitwise-identical weights, predictions and losses at any
+thread count (on the same machine and instruction set: ``FASTNET_ISA`` still changes rounding).
+What it costs, qualitatively (not measured): more partial-sum buffers (one per block instead of
+one per thread: more memory, e.g. up to DETERMINISTIC_PARTS - 1 copies of a weight gradient or
+of one input image for a convolution's input gradient, and more adding at the end of each
+reduction, even when a small problem runs on one thread), threads that may get unequal numbers
+of blocks, and on machines with more than ``DETERMINISTIC_PARTS`` threads some threads idle
+during those reductions.  Operations already independent of the thread count (the GEMM, the
+implicit / direct forward convolutions, batch-norm statistics, losses, metrics, optimizer steps
+and norms, penalties, recurrent cells, dropout masks) are unchanged.
+"""
 import os
 
 from fastnet._kernels import threads as _threads
 
-__all__ = ["set_num_threads", "get_num_threads", "default_num_threads", "openmp_enabled"]
+__all__ = ["set_num_threads", "get_num_threads", "default_num_threads", "openmp_enabled",
+           "deterministic", "is_deterministic", "reduction_parts", "DETERMINISTIC_PARTS"]
+
+# Blocks of a reduction in deterministic mode: enough to keep a typical CPU's threads busy while
+# bounding the partial-sum memory (a weight gradient's partials are (parts - 1) x its size).
+DETERMINISTIC_PARTS = 8
 
 
 def _cgroup_cpu_limit():
@@ -62,3 +88,56 @@ def get_num_threads():
 def openmp_enabled():
     """True when the kernels were built with OpenMP (else everything runs on one thread)."""
     return _threads.openmp_enabled()
+
+
+def _env_flag(name):
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name} must be 0 or 1 (or true/false, yes/no, on/off), got {value!r}")
+
+
+_deterministic = _env_flag("FASTNET_DETERMINISTIC")
+
+
+class deterministic:
+    """Turn deterministic mode on (``flag`` True, the default) or off, now.
+
+    ``fastnet.config.deterministic(True)`` sets it for the rest of the process; as a context
+    manager (``with fastnet.config.deterministic(): ...``) the previous setting comes back on
+    exit.  See the module docstring for what it guarantees and costs.
+    """
+
+    def __init__(self, flag=True):
+        global _deterministic
+        if not isinstance(flag, (bool, int)):
+            raise TypeError(f"deterministic: flag must be a bool, got {type(flag).__name__}")
+        self._previous = _deterministic
+        self._flag = bool(flag)
+        _deterministic = self._flag
+
+    def __enter__(self):
+        global _deterministic
+        _deterministic = self._flag
+        return self
+
+    def __exit__(self, *exc):
+        global _deterministic
+        _deterministic = self._previous
+        return False
+
+
+def is_deterministic():
+    """True when deterministic mode is on (see ``deterministic``)."""
+    return _deterministic
+
+
+def reduction_parts(nthreads, units):
+    """Blocks a reduction over ``units`` items is cut into with ``nthreads`` threads: nthreads
+    (the fast default), or in deterministic mode min(DETERMINISTIC_PARTS, units), a number that
+    does not depend on the thread count.  Ops read it once per call and pass it to the kernel."""
+    if not _deterministic:
+        return nthreads
+    return max(1, min(DETERMINISTIC_PARTS, int(units)))

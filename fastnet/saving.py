@@ -25,8 +25,10 @@ Loading never runs code from the file and never allocates what the file merely c
   that many bytes, and its bytes must hash to the manifest's sha256 (plus the zip's CRC-32).
 
 A truncated, bit-flipped or foreign file raises ``ValueError`` naming the file and the problem.
-Writes are atomic (a temporary file in the same folder, fsync'ed, then renamed over the target):
-a save killed at any point, even by SIGKILL, leaves the previous file intact.
+Writes are atomic (a temporary file ``.{name}.{pid}@{host}.{random}.fastnet-tmp`` in the same
+folder, fsync'ed, then renamed over the target; see ``fastnet.utils.files``): a save killed at
+any point, even by SIGKILL, leaves the previous file intact; an error or Ctrl-C removes the
+temporary file, and the next save to the path removes those of writers that were killed.
 """
 import hashlib
 import json
@@ -500,6 +502,19 @@ def _planned_functional(config):
     return [w for name in order for w in weights.get(name, [])]
 
 
+def _not_plannable(config):
+    """True when a model configuration holds another model among its layers, or None sizes
+    in an input shape (Input(shape=(None, 16)))."""
+    entries = config.get("layers") if isinstance(config, dict) else None
+    if not isinstance(entries, list):
+        return False
+    shapes = [config.get("input_shape")] + [
+        (e.get("config") or {}).get("input_shape") for e in entries if isinstance(e, dict)]
+    return any(isinstance(e, dict) and _model_class(e.get("class_name")) is not None
+               for e in entries) or any(isinstance(s, (list, tuple)) and None in s
+                                        for s in shapes)
+
+
 def _check_planned(reader, config):
     """Refuse, before any weight is allocated, an architecture whose weights differ from the
     manifest's or do not fit in the file."""
@@ -507,7 +522,7 @@ def _check_planned(reader, config):
     reader.check_fits([(shape, dtype) for _, shape, dtype in stored])
     plan = {"Sequential": _planned_sequential,
             "Functional": _planned_functional}.get(config.get("class_name"))
-    if plan is None:
+    if plan is None or _not_plannable(config.get("config") or {}):
         return      # other models' weights are checked against the file after building
     try:
         planned = plan(config.get("config") or {})

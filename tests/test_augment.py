@@ -165,6 +165,29 @@ def test_warp_matches_numpy_reference(mode, interp, dtype, tol):
 
 
 @pytest.mark.parametrize("mode", sorted(A.FILL_MODES))
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-10)])
+def test_fractional_translations_and_x_zooms_match_numpy_reference(mode, dtype, tol):
+    # the warp's fast spans (a fixed source row: translations; x-only zoom/shear with C > 1)
+    # against the reference, with the span ends at every column of odd-sized images.  A
+    # translation's span uses dx's own fraction where the reference rounds ox + dx first: the
+    # float64 results differ in the last bits, hence the looser float64 tolerance
+    rng = np.random.default_rng(16)
+    for (n, h, w, c) in [(5, 7, 11, 1), (4, 6, 9, 3), (2, 1, 5, 2), (2, 8, 2, 1)]:
+        x = _images(rng, n, h, w, c, dtype)
+        dx = rng.uniform(-w, w, n)
+        dx[0] = 0.5
+        dy = rng.uniform(-h, h, n)
+        dy[1 % n] = 1e-12                       # within the snap of an integer
+        t = A.translation_transforms(dx, dy)
+        zoom = t.copy()
+        zoom[:, 0] = rng.uniform(0.3, 1.7, n)   # x step != 1 (a zoom along x)
+        for tt in (t, zoom):
+            y = A.warp(x, tt, fill_mode=mode, fill_value=0.25)
+            np.testing.assert_allclose(y, ref_warp(x, tt, None, "bilinear", mode, 0.25),
+                                       rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("mode", sorted(A.FILL_MODES))
 @pytest.mark.parametrize("interp", sorted(A.INTERPOLATIONS))
 def test_warp_backward_is_the_adjoint(mode, interp):
     rng = np.random.default_rng(7)

@@ -10,22 +10,13 @@ from fastnet.cli import build_classic_cnn, main as cli_main
 from fastnet.utils import set_random_seed
 
 from _bn_stats import randomize_bn
+from _onnx_run import run_ort
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 import fastnet.onnx  # noqa: E402
 
 TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-def run_ort(proto, xs, threads=1):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(proto.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
-    xs = xs if isinstance(xs, list) else [xs]
-    return sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), xs)})
 
 
 def fastnet_out(model, xs):

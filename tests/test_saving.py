@@ -1,11 +1,14 @@
 """Model files: round trips, bit-for-bit resumed training, compile settings, weights files."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from fastnet import layers, models, optimizers, schedules
 from fastnet.utils import set_random_seed
+from fastnet.utils.files import TMP_SUFFIX, _host_tag
 from fastnet.utils.random import get_rng
 
 
@@ -173,20 +176,43 @@ def test_weights_files(tmp_path):
         wrong_shape.load_weights(tmp_path / "w.fnw")
 
 
-def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("what", ["save", "save_weights"])
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch, what, error):
+    """An error in the middle of writing (a full disk, Ctrl-C) keeps the previous file and
+    leaves no temporary file behind."""
     path = tmp_path / "m.fnet"
     model = cnn()
-    model.save(path)
+    getattr(model, what)(path)
     before = path.read_bytes()
+    real_write_array = np.lib.format.write_array
+    calls = []
 
-    def boom(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(np.lib.format, "write_array", boom)
+    def interrupted(fp, arr, *args, **kwargs):
+        calls.append(arr.shape)
+        if len(calls) == 2:         # the first array is in the temporary file already
+            raise error
+        return real_write_array(fp, arr, *args, **kwargs)
+    monkeypatch.setattr(np.lib.format, "write_array", interrupted)
     model.fit(X, Y, epochs=1, verbose=0)
-    with pytest.raises(OSError, match="No space left"):
-        model.save(path)
+    with pytest.raises(type(error)):
+        getattr(model, what)(path)
+    assert len(calls) == 2
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.fnet"]  # no temporary file left behind
+    monkeypatch.undo()
+    # a writer killed outright leaves its temporary file: the next save removes it
+    stale = tmp_path / f".m.fnet.{dead_pid()}@{_host_tag()}.{'0' * 16}{TMP_SUFFIX}"
+    stale.write_bytes(b"partial")
+    getattr(model, what)(path)
+    assert os.listdir(tmp_path) == ["m.fnet"]
+
+
+def dead_pid():
+    """The pid of a process that has exited."""
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as proc:
+        proc.wait()
+    return proc.pid
 
 
 def functional(seed=0):

@@ -17,6 +17,7 @@ import pytest
 
 from fastnet import layers, models, saving
 from fastnet.utils import set_random_seed
+from fastnet.utils.files import TMP_SUFFIX, _host_tag
 
 # Child interpreters run from the folder holding the fastnet this test imported (the
 # installed one in CI): started from a source checkout they would import its unbuilt copy.
@@ -283,7 +284,8 @@ _SAVER = textwrap.dedent("""
 
 def test_sigkill_during_save_leaves_a_loadable_file(tmp_path):
     """A process saving a 50 MB model over and over is killed with SIGKILL at varied moments:
-    the file always loads, and holds one complete save (every weight equal to one k)."""
+    the file always loads, and holds one complete save (every weight equal to one k).  The
+    killed save's temporary file is removed by the next save to that path."""
     path = tmp_path / "big.fnet"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
@@ -302,10 +304,37 @@ def test_sigkill_during_save_leaves_a_loadable_file(tmp_path):
         values = {float(v) for w in loaded.get_weights() for v in np.unique(w)}
         assert len(values) == 1 and values.pop() >= first
         assert loaded.optimizer.get_state()["momentum"].size == loaded._n_trainable
-        for leftover in tmp_path.glob(".big.fnet.*.tmp"):     # the killed save's partial file
-            interrupted += 1
-            leftover.unlink()
+        # at most the killed save's partial file: the next child's first save removed the
+        # previous one (its writer is dead)
+        leftovers = list(tmp_path.glob(".big.fnet.*" + TMP_SUFFIX))
+        assert len(leftovers) <= 1, leftovers
+        assert all(f".{proc.pid}@" in p.name for p in leftovers)
+        interrupted += len(leftovers)
     assert interrupted >= 2         # most kills landed in the middle of a save
+    loaded.save(path)               # a later save cleans the litter
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.fnet"]
+    models.load_model(path)
+
+
+def test_stale_temporaries_of_live_writers_and_other_targets_are_kept(tmp_path):
+    """Only temporary files of the same target whose writer pid is gone are removed."""
+    path = tmp_path / "m.fnet"
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as gone:
+        gone.wait()
+    host = _host_tag()
+    dead = tmp_path / f".m.fnet.{gone.pid}@{host}.{'0' * 16}{TMP_SUFFIX}"
+    live = tmp_path / f".m.fnet.{os.getpid()}@{host}.{'1' * 16}{TMP_SUFFIX}"
+    other_host = tmp_path / f".m.fnet.{gone.pid}@{'f' * 8 if host != 'f' * 8 else 'e' * 8}." \
+        f"{'2' * 16}{TMP_SUFFIX}"
+    other_target = tmp_path / f".n.fnet.{gone.pid}@{host}.{'3' * 16}{TMP_SUFFIX}"
+    unrelated = tmp_path / ".m.fnet.notes"
+    for p in (dead, live, other_host, other_target, unrelated):
+        p.write_bytes(b"partial")
+    small_model().save(path)
+    assert not dead.exists()
+    for p in (live, other_host, other_target, unrelated):
+        assert p.exists(), p
+    models.load_model(path)
 
 
 def test_functional_huge_claims_are_refused_before_allocation(tmp_path):

@@ -37,9 +37,10 @@
  * ranges of dy pixels; a thread owns the dx images whose first pixel is in its range and zeroes
  * each just before its first tile (still in L2 when the tiles add); the contributions to an
  * image that starts in an earlier thread's range go to a private one-image buffer, added in
- * thread order after the team's barrier.  The per-element summation order is fixed by the
- * tiling, which depends on the team size only through the range starts: reproducible for a
- * given team size.
+ * block order after the team's barrier.  The per-element summation order is fixed by the
+ * tiling, which depends on the partition only through the range starts: reproducible for a
+ * given team size, and for any team size with a fixed g->nparts (a block per range, with its
+ * own buffers, the threads taking blocks in turn).
  *
  * Backward weight: dW (K x Cout) = sum over pixels of patch^T dy.  A register tile is WMR input
  * channels of one tap (contiguous in x) x WNV vectors of output channels; the depth is the
@@ -47,8 +48,9 @@
  * input rows are copied zero-padded (so every tap of every pixel is a valid address: no bounds
  * checks, no zero tables) and its dy block (ReLU-masked, column-padded, column sums into the
  * bias gradient) into L1/L2-sized buffers; one table of window pointers then feeds every tile
- * (tap, channel block, output block), the tap a constant offset.  Thread 0 accumulates into dw,
- * the others into partial sums added in thread order.
+ * (tap, channel block, output block), the tap a constant offset.  The rows are cut in one block
+ * per thread (or g->nparts blocks taken in turn); block 0 accumulates into dw, the others into
+ * partial sums added in block order.
  *
  * The direct kernels for small kw*Cin (the first layer) are in direct_impl.h.
  */
@@ -411,12 +413,13 @@ static void F(backward_input)(const fn_conv_geom *g, const T *dy, const T *w, co
                               T *dx, T *ws, int nthreads)
 {
     if (nthreads < 1) nthreads = 1;
-    const F(bwd_layout) l = F(bwd_plan)(g, nthreads);
+    const int nblocks = (int)cv_max(nthreads, g->nparts);
+    const F(bwd_layout) l = F(bwd_plan)(g, nblocks);
     const ptrdiff_t cin = g->cin, cout = g->cout, ncb = l.ncb, ntap = g->kh * g->kw;
     const ptrdiff_t P = g->oh * g->ow, M = g->n * P, image = g->h * g->w * cin;
     const ptrdiff_t thread_base = l.thread_base;
     T *bt = ws + l.bt;
-    ptrdiff_t shared_image[nthreads];  /* the image of each thread's private buffer, or -1 */
+    ptrdiff_t shared_image[nblocks];   /* the image of each block's private buffer, or -1 */
     CV_PRAGMA(omp parallel num_threads(nthreads) if (nthreads > 1))
     {
         CV_FTZ_BEGIN
@@ -431,84 +434,88 @@ static void F(backward_input)(const fn_conv_geom *g, const T *dy, const T *w, co
             for (ptrdiff_t j = 0; j < nc; ++j) d[j] = src[j * cout];
             for (ptrdiff_t j = nc; j < BNR; ++j) d[j] = 0;
         }
-        T *mine = ws + thread_base + (ptrdiff_t)tid * l.per_thread;
-        T *abuf = mine + l.abuf, *priv = mine + l.priv;
-        const T **a = (const T **)(mine + l.aptr);
-        T **dst = (T **)(mine + l.dst);
-        const ptrdiff_t p0 = M * tid / team, p1 = M * (tid + 1) / team;
-        const ptrdiff_t shared = p0 < p1 && p0 % P != 0 ? p0 / P : -1;
-        shared_image[tid] = shared;
-        /* The images this thread owns (first pixel in range) and its private image are zeroed
-         * just before the first tile that reaches them: still in L2 when the tiles add. */
-        ptrdiff_t zeroed = p0 / P - 1;  /* images up to this one are ready */
-        ptrdiff_t tn = p0 / P, toh = (p0 - tn * P) / g->ow, tow = p0 - tn * P - toh * g->ow;
-        for (ptrdiff_t m0 = p0; m0 < p1; m0 += BMR) {
-            const int m = (int)cv_min(BMR, p1 - m0);
-            for (const ptrdiff_t last = (m0 + m - 1) / P; zeroed < last;) {
-                ++zeroed;
-                memset(zeroed == shared ? priv : dx + zeroed * image, 0,
-                       (size_t)image * sizeof(T));
-            }
-            ptrdiff_t ih0[BMR], iw0[BMR];
-            T *base[BMR];
-            int inside = 1;     /* every tap of every pixel inside the input */
-            ptrdiff_t n = tn, oh = toh, ow = tow;
-            for (int r = 0; r < BMR; ++r) {
-                const ptrdiff_t pm = m0 + (r < m ? r : m - 1);
-                ih0[r] = oh * g->sh - g->pt;
-                iw0[r] = ow * g->sw - g->pl;
-                base[r] = n == shared ? priv : dx + n * image;
-                inside &= ih0[r] >= 0 && ih0[r] + g->kh <= g->h && iw0[r] >= 0 &&
-                          iw0[r] + g->kw <= g->w;
-                if (r + 1 < m && ++ow == g->ow) {
-                    ow = 0;
-                    if (++oh == g->oh) { oh = 0; ++n; }
+        const int nparts = g->nparts > 0 ? (int)g->nparts : team;
+        /* block `part` of the dy pixels, with its own buffers; by default one per thread */
+        for (int part = tid; part < nparts; part += team) {
+            T *mine = ws + thread_base + (ptrdiff_t)part * l.per_thread;
+            T *abuf = mine + l.abuf, *priv = mine + l.priv;
+            const T **a = (const T **)(mine + l.aptr);
+            T **dst = (T **)(mine + l.dst);
+            const ptrdiff_t p0 = M * part / nparts, p1 = M * (part + 1) / nparts;
+            const ptrdiff_t shared = p0 < p1 && p0 % P != 0 ? p0 / P : -1;
+            shared_image[part] = shared;
+            /* The images this thread owns (first pixel in range) and its private image are zeroed
+             * just before the first tile that reaches them: still in L2 when the tiles add. */
+            ptrdiff_t zeroed = p0 / P - 1;  /* images up to this one are ready */
+            ptrdiff_t tn = p0 / P, toh = (p0 - tn * P) / g->ow, tow = p0 - tn * P - toh * g->ow;
+            for (ptrdiff_t m0 = p0; m0 < p1; m0 += BMR) {
+                const int m = (int)cv_min(BMR, p1 - m0);
+                for (const ptrdiff_t last = (m0 + m - 1) / P; zeroed < last;) {
+                    ++zeroed;
+                    memset(zeroed == shared ? priv : dx + zeroed * image, 0,
+                           (size_t)image * sizeof(T));
                 }
-                if (relu_y) {
-                    const T *src = dy + pm * cout, *yr = relu_y + pm * cout;
-                    T *d = abuf + r * cout;
-                    for (ptrdiff_t c = 0; c < cout; ++c) d[c] = yr[c] > (T)0 ? src[c] : (T)0;
-                    a[r] = d;
-                } else {
-                    a[r] = dy + pm * cout;
-                }
-            }
-            F(advance)(g, BMR, &tn, &toh, &tow);
-            if (inside)     /* the window corners, offset per tap below */
-                for (int r = 0; r < BMR; ++r)
-                    base[r] = r < m ? base[r] + (ih0[r] * g->w + iw0[r]) * cin : NULL;
-            for (ptrdiff_t i = 0; i < g->kh; ++i)
-                for (ptrdiff_t j = 0; j < g->kw; ++j) {
-                    int any = 0;
-                    if (inside) {
-                        const ptrdiff_t off = (i * g->w + j) * cin;
-                        for (int r = 0; r < BMR; ++r) dst[r] = base[r] ? base[r] + off : NULL;
-                        any = 1;
+                ptrdiff_t ih0[BMR], iw0[BMR];
+                T *base[BMR];
+                int inside = 1;     /* every tap of every pixel inside the input */
+                ptrdiff_t n = tn, oh = toh, ow = tow;
+                for (int r = 0; r < BMR; ++r) {
+                    const ptrdiff_t pm = m0 + (r < m ? r : m - 1);
+                    ih0[r] = oh * g->sh - g->pt;
+                    iw0[r] = ow * g->sw - g->pl;
+                    base[r] = n == shared ? priv : dx + n * image;
+                    inside &= ih0[r] >= 0 && ih0[r] + g->kh <= g->h && iw0[r] >= 0 &&
+                              iw0[r] + g->kw <= g->w;
+                    if (r + 1 < m && ++ow == g->ow) {
+                        ow = 0;
+                        if (++oh == g->oh) { oh = 0; ++n; }
+                    }
+                    if (relu_y) {
+                        const T *src = dy + pm * cout, *yr = relu_y + pm * cout;
+                        T *d = abuf + r * cout;
+                        for (ptrdiff_t c = 0; c < cout; ++c) d[c] = yr[c] > (T)0 ? src[c] : (T)0;
+                        a[r] = d;
                     } else {
-                        for (int r = 0; r < BMR; ++r) {
-                            const ptrdiff_t ih = ih0[r] + i, iw = iw0[r] + j;
-                            const int ok = r < m && ih >= 0 && ih < g->h && iw >= 0 &&
-                                           iw < g->w;
-                            dst[r] = ok ? base[r] + (ih * g->w + iw) * cin : NULL;
-                            any |= ok;
+                        a[r] = dy + pm * cout;
+                    }
+                }
+                F(advance)(g, BMR, &tn, &toh, &tow);
+                if (inside)     /* the window corners, offset per tap below */
+                    for (int r = 0; r < BMR; ++r)
+                        base[r] = r < m ? base[r] + (ih0[r] * g->w + iw0[r]) * cin : NULL;
+                for (ptrdiff_t i = 0; i < g->kh; ++i)
+                    for (ptrdiff_t j = 0; j < g->kw; ++j) {
+                        int any = 0;
+                        if (inside) {
+                            const ptrdiff_t off = (i * g->w + j) * cin;
+                            for (int r = 0; r < BMR; ++r) dst[r] = base[r] ? base[r] + off : NULL;
+                            any = 1;
+                        } else {
+                            for (int r = 0; r < BMR; ++r) {
+                                const ptrdiff_t ih = ih0[r] + i, iw = iw0[r] + j;
+                                const int ok = r < m && ih >= 0 && ih < g->h && iw >= 0 &&
+                                               iw < g->w;
+                                dst[r] = ok ? base[r] + (ih * g->w + iw) * cin : NULL;
+                                any |= ok;
+                            }
+                        }
+                        if (!any) continue;
+                        const T *bp = bt + (i * g->kw + j) * ncb * cout * BNR;
+                        for (ptrdiff_t cb = 0; cb < ncb; ++cb) {
+                            F(bwd_tile)(cout, a, bp + cb * cout * BNR, dst,
+                                        (int)cv_min(BNR, cin - cb * BNR));
+                            if (cb + 1 < ncb)
+                                for (int r = 0; r < BMR; ++r)
+                                    if (dst[r]) dst[r] += BNR;
                         }
                     }
-                    if (!any) continue;
-                    const T *bp = bt + (i * g->kw + j) * ncb * cout * BNR;
-                    for (ptrdiff_t cb = 0; cb < ncb; ++cb) {
-                        F(bwd_tile)(cout, a, bp + cb * cout * BNR, dst,
-                                    (int)cv_min(BNR, cin - cb * BNR));
-                        if (cb + 1 < ncb)
-                            for (int r = 0; r < BMR; ++r)
-                                if (dst[r]) dst[r] += BNR;
-                    }
-                }
+            }
         }
         CV_PRAGMA(omp barrier)
-        /* private images into dx, in thread order (an image may have several) */
+        /* private images into dx, in block order (an image may have several) */
         CV_PRAGMA(omp for schedule(static))
         for (ptrdiff_t e = 0; e < image; ++e)
-            for (int t = 1; t < team; ++t) {
+            for (int t = 1; t < nparts; ++t) {
                 const ptrdiff_t n = shared_image[t];
                 if (n >= 0)
                     dx[n * image + e] += ws[thread_base + (ptrdiff_t)t * l.per_thread + l.priv + e];
@@ -618,7 +625,7 @@ static void F(backward_weight)(const fn_conv_geom *g, const T *x, const T *dy, c
                                T *dw, T *db, T *ws, int nthreads)
 {
     if (nthreads < 1) nthreads = 1;
-    const F(wgrad_layout) l = F(wgrad_plan)(g, nthreads);
+    const F(wgrad_layout) l = F(wgrad_plan)(g, (int)cv_max(nthreads, g->nparts));
     const ptrdiff_t K = l.K, cin = g->cin, cout = g->cout, cp = l.cp, pch = l.pch, wp = l.wp;
     const ptrdiff_t R = g->n * g->oh;   /* output rows */
     const ptrdiff_t part_stride = F(elems)(sizeof(T) * (size_t)(K * cout));
@@ -627,90 +634,98 @@ static void F(backward_weight)(const fn_conv_geom *g, const T *x, const T *dy, c
     {
         CV_FTZ_BEGIN
         const int team = CV_TEAM_SIZE(), tid = CV_THREAD_ID();
-        T *acc = tid == 0 ? dw : ws + l.parts + (ptrdiff_t)(tid - 1) * part_stride;
-        T *bsum = db == NULL ? NULL : tid == 0 ? db : ws + l.bparts + (tid - 1) * bpart_stride;
+        const int nparts = g->nparts > 0 ? (int)g->nparts : team;
         T *mine = ws + l.thread_base + (ptrdiff_t)tid * l.per_thread;
         T *cbuf = mine + l.cbuf, *xbuf = mine + l.xbuf;
         const T **ap = (const T **)(mine + l.aptr);
-        const ptrdiff_t r0 = R * tid / team, r1 = R * (tid + 1) / team;
-        if (bsum) memset(bsum, 0, (size_t)cout * sizeof(T));
-        if (r0 >= r1) memset(acc, 0, (size_t)(K * cout) * sizeof(T));
-        int beta = 0;
-        for (ptrdiff_t ra = r0; ra < r1; ra += l.rows) {
-            const ptrdiff_t rb = cv_min(ra + l.rows, r1), np = (rb - ra) * g->ow;
-            /* cbuf[cb][q][0:NRW] = dy[pixel q][cb*NRW + :], masked, zero-padded columns */
-            for (ptrdiff_t q = 0; q < np; ++q) {
-                const T *src = dy + (ra * g->ow + q) * cout;
-                const T *yr = relu_y ? relu_y + (ra * g->ow + q) * cout : NULL;
-                for (ptrdiff_t cb0 = 0; cb0 < cp; cb0 += NRW) {
-                    T *d = cbuf + cb0 * pch + q * NRW;
-                    const ptrdiff_t nc = cv_max(0, cv_min(NRW, cout - cb0));
-                    if (yr)
-                        for (ptrdiff_t c = 0; c < nc; ++c)
-                            d[c] = yr[cb0 + c] > (T)0 ? src[cb0 + c] : (T)0;
-                    else    /* a loop, not memcpy: a call per 128 bytes costs more */
-                        for (ptrdiff_t c = 0; c < nc; ++c) d[c] = src[cb0 + c];
-                    for (ptrdiff_t c = nc; c < NRW; ++c) d[c] = 0;
-                    if (bsum)
-                        for (ptrdiff_t c = 0; c < nc; ++c) bsum[cb0 + c] += d[c];
-                }
-            }
-            /* the chunk's input rows, zero-padded to wp columns, one block per image it meets;
-             * ap[q] = pixel q's window (tap (0, 0), channel 0) in that copy */
-            T *xb = xbuf;
-            for (ptrdiff_t r = ra; r < rb;) {
-                const ptrdiff_t n = r / g->oh, oh0 = r - n * g->oh;
-                const ptrdiff_t oh1 = cv_min(g->oh, oh0 + (rb - r));   /* rows of this image */
-                const ptrdiff_t ih0 = oh0 * g->sh - g->pt, nrows = (oh1 - oh0 - 1) * g->sh + g->kh;
-                for (ptrdiff_t v = 0; v < nrows; ++v) {
-                    const ptrdiff_t ih = ih0 + v;
-                    T *d = xb + v * wp * cin;
-                    if (ih < 0 || ih >= g->h) {
-                        memset(d, 0, (size_t)(wp * cin) * sizeof(T));
-                        continue;
+        /* block `part` of the output rows; by default one per thread (part = tid) */
+        for (int part = tid; part < nparts; part += team) {
+            T *acc = part == 0 ? dw : ws + l.parts + (ptrdiff_t)(part - 1) * part_stride;
+            T *bsum = db == NULL ? NULL
+                      : part == 0 ? db : ws + l.bparts + (part - 1) * bpart_stride;
+            const ptrdiff_t r0 = R * part / nparts, r1 = R * (part + 1) / nparts;
+            if (bsum) memset(bsum, 0, (size_t)cout * sizeof(T));
+            if (r0 >= r1) memset(acc, 0, (size_t)(K * cout) * sizeof(T));
+            int beta = 0;
+            for (ptrdiff_t ra = r0; ra < r1; ra += l.rows) {
+                const ptrdiff_t rb = cv_min(ra + l.rows, r1), np = (rb - ra) * g->ow;
+                /* cbuf[cb][q][0:NRW] = dy[pixel q][cb*NRW + :], masked, zero-padded columns */
+                for (ptrdiff_t q = 0; q < np; ++q) {
+                    const T *src = dy + (ra * g->ow + q) * cout;
+                    const T *yr = relu_y ? relu_y + (ra * g->ow + q) * cout : NULL;
+                    for (ptrdiff_t cb0 = 0; cb0 < cp; cb0 += NRW) {
+                        T *d = cbuf + cb0 * pch + q * NRW;
+                        const ptrdiff_t nc = cv_max(0, cv_min(NRW, cout - cb0));
+                        if (yr)
+                            for (ptrdiff_t c = 0; c < nc; ++c)
+                                d[c] = yr[cb0 + c] > (T)0 ? src[cb0 + c] : (T)0;
+                        else    /* a loop, not memcpy: a call per 128 bytes costs more */
+                            for (ptrdiff_t c = 0; c < nc; ++c) d[c] = src[cb0 + c];
+                        for (ptrdiff_t c = nc; c < NRW; ++c) d[c] = 0;
+                        if (bsum)
+                            for (ptrdiff_t c = 0; c < nc; ++c) bsum[cb0 + c] += d[c];
                     }
-                    const ptrdiff_t lo = cv_min(wp, cv_max(0, g->pl));       /* pad left */
-                    const ptrdiff_t hi = cv_max(lo, cv_min(wp, g->w + g->pl)); /* real cols */
-                    if (lo) memset(d, 0, (size_t)(lo * cin) * sizeof(T));
-                    memcpy(d + lo * cin, x + ((n * g->h + ih) * g->w + lo - g->pl) * cin,
-                           (size_t)((hi - lo) * cin) * sizeof(T));
-                    if (hi < wp) memset(d + hi * cin, 0, (size_t)((wp - hi) * cin) * sizeof(T));
                 }
-                for (ptrdiff_t oh = oh0; oh < oh1; ++oh) {
-                    const T *row = xb + (oh - oh0) * g->sh * wp * cin;
-                    const ptrdiff_t q0 = (r + oh - oh0 - ra) * g->ow;
-                    for (ptrdiff_t ow = 0; ow < g->ow; ++ow) ap[q0 + ow] = row + ow * g->sw * cin;
-                }
-                xb += nrows * wp * cin;
-                r += oh1 - oh0;
-            }
-            for (ptrdiff_t co0 = 0; co0 < cout; co0 += NRW) {
-                const int nn = (int)cv_min(NRW, cout - co0);
-                const T *b = cbuf + co0 * pch;
-                for (ptrdiff_t i = 0; i < g->kh; ++i)
-                    for (ptrdiff_t j = 0; j < g->kw; ++j) {
-                        T *c = acc + (i * g->kw + j) * cin * cout + co0;
-                        const ptrdiff_t tap = (i * wp + j) * cin;
-                        for (ptrdiff_t c0 = 0; c0 < cin; c0 += WMR)
-                            F(wgrad_tile)(np, ap, tap + c0, b, c + c0 * cout, cout,
-                                          (int)cv_min(WMR, cin - c0), nn, beta);
+                /* the chunk's input rows, zero-padded to wp columns, one block per image it meets;
+                 * ap[q] = pixel q's window (tap (0, 0), channel 0) in that copy */
+                T *xb = xbuf;
+                for (ptrdiff_t r = ra; r < rb;) {
+                    const ptrdiff_t n = r / g->oh, oh0 = r - n * g->oh;
+                    const ptrdiff_t oh1 = cv_min(g->oh, oh0 + (rb - r));   /* rows of this image */
+                    const ptrdiff_t ih0 = oh0 * g->sh - g->pt;
+                    const ptrdiff_t nrows = (oh1 - oh0 - 1) * g->sh + g->kh;
+                    for (ptrdiff_t v = 0; v < nrows; ++v) {
+                        const ptrdiff_t ih = ih0 + v;
+                        T *d = xb + v * wp * cin;
+                        if (ih < 0 || ih >= g->h) {
+                            memset(d, 0, (size_t)(wp * cin) * sizeof(T));
+                            continue;
+                        }
+                        const ptrdiff_t lo = cv_min(wp, cv_max(0, g->pl));       /* pad left */
+                        const ptrdiff_t hi = cv_max(lo, cv_min(wp, g->w + g->pl)); /* real cols */
+                        if (lo) memset(d, 0, (size_t)(lo * cin) * sizeof(T));
+                        memcpy(d + lo * cin, x + ((n * g->h + ih) * g->w + lo - g->pl) * cin,
+                               (size_t)((hi - lo) * cin) * sizeof(T));
+                        if (hi < wp)
+                            memset(d + hi * cin, 0, (size_t)((wp - hi) * cin) * sizeof(T));
                     }
+                    for (ptrdiff_t oh = oh0; oh < oh1; ++oh) {
+                        const T *row = xb + (oh - oh0) * g->sh * wp * cin;
+                        const ptrdiff_t q0 = (r + oh - oh0 - ra) * g->ow;
+                        for (ptrdiff_t ow = 0; ow < g->ow; ++ow)
+                            ap[q0 + ow] = row + ow * g->sw * cin;
+                    }
+                    xb += nrows * wp * cin;
+                    r += oh1 - oh0;
+                }
+                for (ptrdiff_t co0 = 0; co0 < cout; co0 += NRW) {
+                    const int nn = (int)cv_min(NRW, cout - co0);
+                    const T *b = cbuf + co0 * pch;
+                    for (ptrdiff_t i = 0; i < g->kh; ++i)
+                        for (ptrdiff_t j = 0; j < g->kw; ++j) {
+                            T *c = acc + (i * g->kw + j) * cin * cout + co0;
+                            const ptrdiff_t tap = (i * wp + j) * cin;
+                            for (ptrdiff_t c0 = 0; c0 < cin; c0 += WMR)
+                                F(wgrad_tile)(np, ap, tap + c0, b, c + c0 * cout, cout,
+                                              (int)cv_min(WMR, cin - c0), nn, beta);
+                        }
+                }
+                beta = 1;
             }
-            beta = 1;
         }
         CV_PRAGMA(omp barrier)
-        if (team > 1) {
-            /* partial sums in thread order, rows shared out */
+        if (nparts > 1) {
+            /* partial sums in block order, rows shared out */
             CV_PRAGMA(omp for schedule(static))
             for (ptrdiff_t k = 0; k < K; ++k)
-                for (int t = 1; t < team; ++t) {
+                for (int t = 1; t < nparts; ++t) {
                     const T *src = ws + l.parts + (ptrdiff_t)(t - 1) * part_stride + k * cout;
                     T *d = dw + k * cout;
                     for (ptrdiff_t c = 0; c < cout; ++c) d[c] += src[c];
                 }
             CV_PRAGMA(omp single)
             if (db)
-                for (int t = 1; t < team; ++t) {
+                for (int t = 1; t < nparts; ++t) {
                     const T *src = ws + l.bparts + (ptrdiff_t)(t - 1) * bpart_stride;
                     for (ptrdiff_t c = 0; c < cout; ++c) db[c] += src[c];
                 }
@@ -726,11 +741,12 @@ static ptrdiff_t F(workspace)(int op, const fn_conv_geom *g, int nthreads)
     if (nthreads < 1) nthreads = 1;
     switch (op) {
     case FN_CONV_FORWARD: return F(fwd_plan)(g, nthreads).total;
-    case FN_CONV_BACKWARD_INPUT: return F(bwd_plan)(g, nthreads).total;
-    case FN_CONV_BACKWARD_WEIGHT: return F(wgrad_plan)(g, nthreads).total;
+    case FN_CONV_BACKWARD_INPUT: return F(bwd_plan)(g, (int)cv_max(nthreads, g->nparts)).total;
+    case FN_CONV_BACKWARD_WEIGHT:
+        return F(wgrad_plan)(g, (int)cv_max(nthreads, g->nparts)).total;
     case FN_CONV_DIRECT_FORWARD:
         return F(elems)(sizeof(T) * (size_t)((g->kh * g->kw * g->cin + 1) * F(direct_cp)(g)));
-    default: return F(direct_wplan)(g, nthreads).total;
+    default: return F(direct_wplan)(g, (int)cv_max(nthreads, g->nparts)).total;
     }
 }
 

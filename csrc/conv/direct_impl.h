@@ -13,9 +13,9 @@
  * whichever pads less) x 2 vectors of output channels accumulates patch^T dy over a run of
  * output pixels; the patch values come straight from x through per-k offsets (gathered with
  * bounds checks only at the padded border).  dy may be masked by a fused ReLU's output, a run of
- * pixels at a time into a stack buffer that all the tiles then read.  Each thread sums its even
- * share of the pixels into its own partial (kp x cp, bias partial beside it); the partials are
- * added in thread order.
+ * pixels at a time into a stack buffer that all the tiles then read.  Each block of pixels (one
+ * per thread, or g->nparts taken in turn) is summed into its own partial (kp x cp, bias partial
+ * beside it); the partials are added in block order.
  */
 #define DMR 4
 #define DNR (2 * VL)
@@ -262,25 +262,29 @@ static void F(direct_weight)(const fn_conv_geom *g, const T *x, const T *dy, con
                              T *dw, T *db, T *ws, int nthreads)
 {
     if (nthreads < 1) nthreads = 1;
-    const F(direct_wlayout) l = F(direct_wplan)(g, nthreads);
+    const F(direct_wlayout) l = F(direct_wplan)(g, (int)cv_max(nthreads, g->nparts));
     const ptrdiff_t K = g->kh * g->kw * g->cin, cout = g->cout, M = g->n * g->oh * g->ow;
     CV_PRAGMA(omp parallel num_threads(nthreads) if (nthreads > 1))
     {
         CV_FTZ_BEGIN
         const int team = CV_TEAM_SIZE(), tid = CV_THREAD_ID();
-        T *acc = ws + (ptrdiff_t)tid * l.part;
-        T *bacc = db ? ws + l.bparts + (ptrdiff_t)tid * l.bpart : NULL;
-        memset(acc, 0, (size_t)(l.kp * l.cp) * sizeof(T));
-        if (bacc) memset(bacc, 0, (size_t)cout * sizeof(T));
-        F(direct_wgrad_range)(x, dy, relu_y, acc, bacc, g, M * tid / team,
-                              M * (tid + 1) / team, l.kp, l.cp);
+        const int nparts = g->nparts > 0 ? (int)g->nparts : team;
+        /* block `part` of the pixels into its partial; by default one block per thread */
+        for (int part = tid; part < nparts; part += team) {
+            T *acc = ws + (ptrdiff_t)part * l.part;
+            T *bacc = db ? ws + l.bparts + (ptrdiff_t)part * l.bpart : NULL;
+            memset(acc, 0, (size_t)(l.kp * l.cp) * sizeof(T));
+            if (bacc) memset(bacc, 0, (size_t)cout * sizeof(T));
+            F(direct_wgrad_range)(x, dy, relu_y, acc, bacc, g, M * part / nparts,
+                                  M * (part + 1) / nparts, l.kp, l.cp);
+        }
         CV_PRAGMA(omp barrier)
-        /* dw = the partials' top-left (K, Cout) corners, added in thread order */
+        /* dw = the partials' top-left (K, Cout) corners, added in block order */
         CV_PRAGMA(omp for schedule(static))
         for (ptrdiff_t k = 0; k < K; ++k) {
             T *d = dw + k * cout;
             memcpy(d, ws + k * l.cp, (size_t)cout * sizeof(T));
-            for (int t = 1; t < team; ++t) {
+            for (int t = 1; t < nparts; ++t) {
                 const T *src = ws + (ptrdiff_t)t * l.part + k * l.cp;
                 for (ptrdiff_t c = 0; c < cout; ++c) d[c] += src[c];
             }
@@ -288,7 +292,7 @@ static void F(direct_weight)(const fn_conv_geom *g, const T *x, const T *dy, con
         CV_PRAGMA(omp single)
         if (db) {
             memcpy(db, ws + l.bparts, (size_t)cout * sizeof(T));
-            for (int t = 1; t < team; ++t) {
+            for (int t = 1; t < nparts; ++t) {
                 const T *src = ws + l.bparts + (ptrdiff_t)t * l.bpart;
                 for (ptrdiff_t c = 0; c < cout; ++c) db[c] += src[c];
             }

@@ -118,11 +118,24 @@ cdef void _warp_row(const floating *img, floating *out, Py_ssize_t H, Py_ssize_t
     # an affine row (c0 = c1 = 0) whose end points are in range needs no divide and no clamp
     cdef bint affine = t[6] == 0.0 and t[7] == 0.0
     cdef double bx = t[1] * oy + t[2], by = t[4] * oy + t[5]
+    cdef Py_ssize_t lo = 0, hi = 0
     if affine:
         for xf in (bx, bx + t[0] * (OW - 1), by, by + t[3] * (OW - 1)):
             if not -COORD_LIMIT < xf < COORD_LIMIT:
                 affine = False
+    if affine and interp == INTERP_BILINEAR and t[3] == 0.0 and (t[0] == 1.0 or C > 1):
+        # the source row is fixed (a translation, or a zoom/shear along x of a multi-channel
+        # image): the columns [lo, hi) whose neighbours are all inside the image get the loops
+        # of _bilinear_span_row, without range checks and fills; the rest the general code.
+        # (A rotation gains nothing from it: its per-pixel work is the same.)
+        _inside_span(t[0], bx, W, OW, &lo, &hi)
+        if hi > lo:
+            _inside_span(t[3], by, H, OW, &lo, &hi)
     for ox in range(OW):
+        if lo <= ox < hi:
+            if ox == lo:
+                _bilinear_span_row(img, out, W, C, lo, hi, t[0], bx, by)
+            continue
         if affine:
             xf = t[0] * ox + bx
             yf = t[3] * ox + by
@@ -175,6 +188,89 @@ cdef void _warp_row(const floating *img, floating *out, Py_ssize_t H, Py_ssize_t
             if w11 != 0.0:
                 v = v + w11 * (p11[c] if p11 != NULL else fill)
             o[c] = <floating>v
+
+
+cdef inline bint _inside(double v, Py_ssize_t n) noexcept nogil:
+    """Bilinear sampling at v reads indices floor(v) and floor(v) + 1, both in [0, n), even
+    after the snap of ``_split`` (kept clear of it by the margins)."""
+    return 4.0 * SNAP <= v and v <= <double>(n - 1) - 4.0 * SNAP
+
+
+cdef void _inside_span(double slope, double base, Py_ssize_t n, Py_ssize_t OW, Py_ssize_t *lo,
+                       Py_ssize_t *hi) noexcept nogil:
+    """Narrow [lo, hi) (initially [0, OW) when hi == 0 and lo == 0) to the ox for which
+    base + slope * ox is ``_inside`` n.  fl(slope * ox) + base is monotone in ox, so checking
+    the end points of the span is enough; the end points come from the exact inequality, then
+    are moved inwards until they check."""
+    cdef Py_ssize_t a = lo[0], b = hi[0] if hi[0] > 0 else OW
+    cdef double ea, eb
+    if slope == 0.0:
+        if not _inside(base, n):
+            b = a
+    else:
+        ea = (4.0 * SNAP - base) / slope
+        eb = (<double>(n - 1) - 4.0 * SNAP - base) / slope
+        if slope < 0.0:
+            ea, eb = eb, ea
+        # ox in [ceil(ea), floor(eb)], clipped to [a, b), then shrunk until the ends check
+        if ea > <double>a:
+            a = <Py_ssize_t>_floor(ea) if ea < <double>b else b
+        if eb < <double>(b - 1):
+            b = <Py_ssize_t>_floor(eb) + 1 if eb >= <double>a else a
+        while a < b and not _inside(slope * a + base, n):
+            a += 1
+        while b > a and not _inside(slope * (b - 1) + base, n):
+            b -= 1
+    lo[0] = a
+    hi[0] = b if b > a else a
+
+
+cdef void _bilinear_span_row(const floating *img, floating *out, Py_ssize_t W, Py_ssize_t C,
+                             Py_ssize_t lo, Py_ssize_t hi, double tx, double bx,
+                             double by) noexcept nogil:
+    """Output columns [lo, hi) of an affine row whose source row is fixed (ty == 0) and whose
+    neighbours are all inside the image, when either the x step is 1 (a translation: the
+    weights are the same for the whole span, a contiguous stencil the compiler vectorises) or
+    C > 1 (the weights per pixel, the channel loop contiguous)."""
+    cdef Py_ssize_t ox, c, x0, y0, i, n
+    cdef double xf, fx, fy, w00, w01, w10, w11
+    cdef const floating *r0
+    cdef const floating *r1
+    cdef const floating *p00
+    cdef const floating *p10
+    cdef floating *o
+    _split(by, &y0, &fy)
+    r0 = img + y0 * W * C
+    r1 = r0 + W * C
+    if tx != 1.0:
+        for ox in range(lo, hi):
+            xf = tx * ox + bx
+            _split(xf, &x0, &fx)
+            w00 = (1.0 - fx) * (1.0 - fy)
+            w01 = fx * (1.0 - fy)
+            w10 = (1.0 - fx) * fy
+            w11 = fx * fy
+            p00 = r0 + x0 * C
+            p10 = r1 + x0 * C
+            o = out + ox * C
+            for c in range(C):
+                o[c] = <floating>(w00 * p00[c] + w01 * p00[C + c] + w10 * p10[c]
+                                  + w11 * p10[C + c])
+        return
+    # a translation: source x = ox + bx, so every column has bx's fraction and x0 = ox + k
+    # (the general path rounds ox + bx first; the two differ by at most an ulp of the weight)
+    _split(bx, &x0, &fx)
+    x0 = x0 + lo
+    w00 = (1.0 - fx) * (1.0 - fy)
+    w01 = fx * (1.0 - fy)
+    w10 = (1.0 - fx) * fy
+    w11 = fx * fy
+    p00 = r0 + x0 * C
+    p10 = r1 + x0 * C
+    o = out + lo * C
+    n = (hi - lo) * C
+    for i in range(n):
+        o[i] = <floating>(w00 * p00[i] + w01 * p00[C + i] + w10 * p10[i] + w11 * p10[C + i])
 
 
 cdef void _warp_adjoint_image(const floating *dy, floating *dimg, Py_ssize_t H, Py_ssize_t W,

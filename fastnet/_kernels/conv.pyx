@@ -31,7 +31,7 @@ x through per-k offsets, dy masked by ``relu_y`` a run of pixels at a time.
 
 ``gemm`` / ``shared`` / ``1x1`` / ``1x1_shared``: im2col panels + the project GEMM, kept for
 the shapes the others do not cover well (K > 4096, backward with few input channels).  blocks
-(``gemm``): rows [0, M) cut into ``nthreads`` contiguous blocks, each walked in tiles of
+(``gemm``): rows [0, M) cut into ``nparts`` contiguous blocks, each walked in tiles of
 ``tile_rows`` (im2col into its own panel, then a 1-thread GEMM); ``shared``: chunks im2col'ed
 by the whole team, then one GEMM with every thread (small M).  ``1x1``: the input viewed (M, Cin)
 is col.  Backward input: ``dcol = dY @ W^T`` then col2im, a gather by input row (rows in
@@ -39,9 +39,12 @@ parallel, no races); backward weight: ``dW = col^T @ dY`` with per-block partial
 take an already masked dy (the op masks it first when ``relu_output`` is given).
 
 Reductions over pixels (weight and bias gradients, and the implicit backward input's images
-shared by two threads' ranges) add per-thread partial sums in thread order: results are bitwise
-reproducible for a given thread count.  The implicit and direct forwards compute each output
-element on one thread in a fixed order, the same for any thread count.
+shared by two blocks' ranges) add per-block partial sums in block order.  ``nparts`` is the
+number of blocks (rows of the blocks schedule, ranges of the csrc kernels), the threads taking
+blocks in turn: by default (0) one per thread, so results are bitwise reproducible for a given
+thread count; a fixed ``nparts`` (``fastnet.config.deterministic``) makes them independent of
+it (panels and partials are then sized by nparts).  The implicit and direct forwards compute
+each output element on one thread in a fixed order, the same for any thread count.
 
 All functions trust their arguments: ``fastnet.ops.conv`` validated them.
 """
@@ -139,6 +142,7 @@ cdef Geometry _geometry(const Py_ssize_t *xshape, const Py_ssize_t *yshape, Py_s
     g.n, g.h, g.w, g.cin = xshape[0], xshape[1], xshape[2], xshape[3]
     g.oh, g.ow, g.cout = yshape[1], yshape[2], yshape[3]
     g.kh, g.kw, g.sh, g.sw, g.pt, g.pl = kh, kw, sh, sw, pt, pl
+    g.nparts = 0
     return g
 
 
@@ -220,14 +224,15 @@ cdef inline void affected_rows(Py_ssize_t m0, Py_ssize_t m1, const Geometry *g,
 # ----------------------------------------------------------- implicit and direct (csrc/conv)
 def implicit_workspace(int op, tuple xshape, tuple yshape, Py_ssize_t kh, Py_ssize_t kw,
                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                       bint use_double, int nthreads):
+                       bint use_double, int nthreads, int nparts=0):
     """Elements of workspace the csrc/conv kernel ``op`` (FN_CONV_*: 0 forward, 1 backward
     input, 2 backward weight, 3 direct forward, 4 direct weight) needs for these NHWC shapes:
-    x (N, H, W, Cin), y (N, OH, OW, Cout), with ``nthreads``."""
+    x (N, H, W, Cin), y (N, OH, OW, Cout), with ``nthreads`` and ``nparts`` blocks."""
     cdef Geometry g
     g.n, g.h, g.w, g.cin = xshape
     g.oh, g.ow, g.cout = yshape[1], yshape[2], yshape[3]
     g.kh, g.kw, g.sh, g.sw, g.pt, g.pl = kh, kw, sh, sw, pt, pl
+    g.nparts = nparts
     return conv_workspace(op, &g, use_double, nthreads)
 
 
@@ -266,13 +271,13 @@ cdef void forward_block(const floating *x, const floating *w, const floating *bi
 
 cdef void forward_gemm(const floating *x, const floating *w, const floating *bias, floating *y,
                        const Geometry *g, bint lower, bint shared, int act, floating *panel,
-                       Py_ssize_t tile_rows, int nthreads) noexcept nogil:
+                       Py_ssize_t tile_rows, int nthreads, int nparts) noexcept nogil:
     cdef Py_ssize_t M = g.n * g.oh * g.ow, K = g.kh * g.kw * g.cin, b, m0, m1
     cdef const floating *a
     if not shared:
-        for b in prange(nthreads, num_threads=nthreads, schedule='static'):
+        for b in prange(nparts, num_threads=nthreads, schedule='static'):
             forward_block(x, w, bias, y, g, lower, act, panel + b * tile_rows * K, tile_rows,
-                          M * b // nthreads, M * (b + 1) // nthreads)
+                          M * b // nparts, M * (b + 1) // nparts)
         return
     m0 = 0
     while m0 < M:
@@ -290,14 +295,17 @@ cdef void forward_gemm(const floating *x, const floating *w, const floating *bia
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] kernel,
                    const floating[::1] bias, floating[:, :, :, ::1] y,
                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, int act,
-                   str algorithm, floating[::1] panel, Py_ssize_t tile_rows, int nthreads):
+                   str algorithm, floating[::1] panel, Py_ssize_t tile_rows, int nthreads,
+                   int nparts=0):
     """y = act(conv(x, kernel) + bias).
 
     algorithm 'implicit' / 'direct': the kernels of csrc/conv, ``panel`` their workspace
     (``implicit_workspace``); 'gemm' / 'shared': im2col in the blocks / shared schedule,
-    ``panel`` holds nthreads*tile_rows*K / tile_rows*K elements; '1x1' / '1x1_shared': no
-    im2col, no panel.
+    ``panel`` holds nparts*tile_rows*K / tile_rows*K elements (nparts <= 0: nthreads blocks);
+    '1x1' / '1x1_shared': no im2col, no panel.
     """
+    if nparts <= 0:
+        nparts = nthreads
     cdef Geometry g = _geometry(x.shape, y.shape, kernel.shape[0], kernel.shape[1], sh, sw, pt,
                                 pl)
     cdef const floating *pbias = &bias[0] if bias is not None else NULL
@@ -325,7 +333,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                                      ppanel, nthreads)
         else:
             forward_gemm(px, &kernel[0, 0, 0, 0], pbias, py, &g, lower, shared, act, ppanel,
-                         tile_rows, nthreads)
+                         tile_rows, nthreads, nparts)
 
 
 # ---------------------------------------------------------------------------- backward input
@@ -358,13 +366,17 @@ def conv2d_backward_input(const floating[:, :, :, ::1] dy, const floating[:, ::1
                           floating[:, :, :, ::1] dx, Py_ssize_t kh, Py_ssize_t kw,
                           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                           str algorithm, floating[::1] panel, Py_ssize_t tile_rows, int nthreads,
-                          const floating[:, :, :, ::1] relu_y=None):
+                          const floating[:, :, :, ::1] relu_y=None, int nparts=0):
     """dx = col2im(dy @ w^T), w = the kernel reshaped (K, Cout) (the GEMM's transposed B).
-    algorithm: 'implicit' (csrc/conv; ``panel`` its workspace; ``relu_y`` masks dy on the fly),
-    'gemm' (whole images per thread; ``panel`` nthreads*tile_rows*K), 'shared' (``panel``
-    tile_rows*K), '1x1' / '1x1_shared' (dy @ w^T straight into dx); these four take an
-    already masked dy."""
+    algorithm: 'implicit' (csrc/conv; ``panel`` its workspace, sized for ``nparts``; ``relu_y``
+    masks dy on the fly), 'gemm' (whole images per block, nparts blocks; ``panel``
+    nparts*tile_rows*K), 'shared' (``panel`` tile_rows*K), '1x1' / '1x1_shared' (dy @ w^T
+    straight into dx); these four take an already masked dy.  nparts <= 0: one block per
+    thread."""
     cdef Geometry g = _geometry(dx.shape, dy.shape, kh, kw, sh, sw, pt, pl)
+    g.nparts = nparts
+    if nparts <= 0:
+        nparts = nthreads
     cdef const floating *pry = &relu_y[0, 0, 0, 0] if relu_y is not None else NULL
     if algorithm == "implicit":
         with nogil:
@@ -384,10 +396,10 @@ def conv2d_backward_input(const floating[:, :, :, ::1] dy, const floating[:, ::1
     cdef floating *pdx = &dx[0, 0, 0, 0]
     with nogil:
         if not shared:
-            for b in prange(nthreads, num_threads=nthreads, schedule='static'):
+            for b in prange(nparts, num_threads=nthreads, schedule='static'):
                 backward_input_images(pdy, pw, pdx, &g, lower,
                                       ppanel + b * tile_rows * K if lower else ppanel, tile_rows,
-                                      g.n * b // nthreads, g.n * (b + 1) // nthreads)
+                                      g.n * b // nparts, g.n * (b + 1) // nparts)
         elif not lower:
             gemm(False, True, M, g.cin, g.cout, <floating>1, pdy, g.cout, pw, g.cout,
                  <floating>0, pdx, g.cin, <const floating *>NULL, ACT_NONE, nthreads)
@@ -440,17 +452,21 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, 
                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                            str algorithm, floating[::1] panel, Py_ssize_t tile_rows,
                            floating[::1] partials, floating[::1] bias_partials, int nthreads,
-                           const floating[:, :, :, ::1] relu_y=None):
+                           const floating[:, :, :, ::1] relu_y=None, int nparts=0):
     """dw (K, Cout) = col^T @ dy summed over all rows; dbias (Cout,) = dy summed (if not None).
 
     'implicit' / 'direct' (csrc/conv): ``panel`` their workspace, partials unused; dy masked
     with ``relu_y`` > 0 on the fly.  The other paths take an already masked dy:
-    'gemm' / '1x1' (blocks schedule): ``partials`` holds (nthreads-1)*K*Cout elements (block 0
-    accumulates straight into dw), ``panel`` nthreads*tile_rows*K.  'shared' / '1x1_shared':
+    'gemm' / '1x1' (blocks schedule): ``partials`` holds (nparts-1)*K*Cout elements (block 0
+    accumulates straight into dw), ``panel`` nparts*tile_rows*K.  'shared' / '1x1_shared':
     chunks with all threads in the GEMM, ``panel`` tile_rows*K.  ``bias_partials`` holds
-    (nthreads-1)*Cout elements.
+    (nparts-1)*Cout elements.  ``nparts`` blocks of rows (<= 0: one per thread), the csrc
+    kernels' workspace sized for them.
     """
     cdef Geometry g = _geometry(x.shape, dy.shape, kh, kw, sh, sw, pt, pl)
+    g.nparts = nparts
+    if nparts <= 0:
+        nparts = nthreads
     cdef Py_ssize_t K = kh * kw * g.cin, M = g.n * g.oh * g.ow, KC = K * g.cout
     cdef Py_ssize_t b, q, m0, m1, r
     cdef floating *ppanel = &panel[0] if panel is not None else NULL
@@ -479,16 +495,16 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, 
         return
     with nogil:
         if not shared:
-            for b in prange(nthreads, num_threads=nthreads, schedule='static'):
+            for b in prange(nparts, num_threads=nthreads, schedule='static'):
                 backward_weight_block(
                     px, pdy, pdw if b == 0 else ppart + (b - 1) * KC,
                     NULL if pdb == NULL else (pdb if b == 0 else pbpart + (b - 1) * g.cout),
                     &g, lower, ppanel + b * ptile, tile_rows,
-                    M * b // nthreads, M * (b + 1) // nthreads)
+                    M * b // nparts, M * (b + 1) // nparts)
             # Fixed order b = 1, 2, ... for every element, whichever thread does the row.
-            if nthreads > 1:
+            if nparts > 1:
                 for r in prange(K, num_threads=nthreads, schedule='static'):
-                    for q in range(1, nthreads):
+                    for q in range(1, nparts):
                         add(pdw + r * g.cout, ppart + (q - 1) * KC + r * g.cout, g.cout)
         else:
             m0 = 0
@@ -506,14 +522,14 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, 
                 beta = 1
                 m0 = m1
             if pdb != NULL:
-                # Same fixed partition as the blocks schedule: nthreads row blocks.
-                for b in prange(nthreads, num_threads=nthreads, schedule='static'):
-                    m0 = M * b // nthreads
-                    m1 = M * (b + 1) // nthreads
+                # Same fixed partition as the blocks schedule: nparts row blocks.
+                for b in prange(nparts, num_threads=nthreads, schedule='static'):
+                    m0 = M * b // nparts
+                    m1 = M * (b + 1) // nparts
                     memset(pdb if b == 0 else pbpart + (b - 1) * g.cout, 0,
                            g.cout * sizeof(floating))
                     column_sums(pdy + m0 * g.cout, m1 - m0, g.cout,
                                 pdb if b == 0 else pbpart + (b - 1) * g.cout)
         if pdb != NULL:
-            for q in range(1, nthreads):
+            for q in range(1, nparts):
                 add(pdb, pbpart + (q - 1) * g.cout, g.cout)

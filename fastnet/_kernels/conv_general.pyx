@@ -17,7 +17,10 @@ rows (n, oh).  Backward input: a gather per input row (n, ih), every tap that re
 in turn (no races, so no atomics and any thread count); with dm > 1 the dm products of a channel
 are summed at the end.  Backward weight: threads over fixed blocks of output rows, each
 accumulating its (kh*kw*Cout) partial sums in registers over a row of pixels per tap; the
-partials are added in thread order (bitwise reproducible for a given thread count).
+partials are added in block order.  Every reduction here (weight and bias gradients, the
+'blocks' schedules) takes ``nparts`` blocks: by default one per thread (bitwise reproducible for
+a given thread count), a number fixed by the shape in ``fastnet.config.deterministic`` mode
+(the same for any thread count), the threads taking blocks in turn.
 
 Grouped / dilated (``general_*``): im2col panels + the project GEMM (``gemm.pxd``) per group:
 group g's panel column (i, j, c) holds input channel g*Cg + c at tap (i, j), dilations and
@@ -889,10 +892,12 @@ cdef void _dw_backward_weight_rows(const floating *x, const floating *dy, floati
 
 def depthwise_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
                               floating[:, :, :, ::1] dkernel, floating[::1] dbias, tuple params,
-                              floating[::1] work, int nthreads):
+                              floating[::1] work, int nthreads, int nparts=0):
     """dkernel (kh, kw, Cin, dm) and dbias (Cout,) or None of the depthwise convolution.
-    ``work``: nthreads * (W*Cout + kh*kw*Cout + Cout) elements (expanded row, partial sums);
-    the blocks of output rows are fixed by nthreads and added in order."""
+    ``work``: nparts * (W*Cout + kh*kw*Cout + Cout) elements (expanded row, partial sums);
+    the nparts blocks of output rows (<= 0: nthreads) are added in order."""
+    if nparts <= 0:
+        nparts = nthreads
     cdef Geometry g = _geometry(x.shape, dy.shape, dkernel.shape[0], dkernel.shape[1], params)
     cdef Py_ssize_t R = g.n * g.oh, t, q, KC = g.kh * g.kw * g.cout
     cdef Py_ssize_t per = g.w * g.cout + KC + g.cout
@@ -901,28 +906,28 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] x, const floating[:, 
     cdef floating *pdk = &dkernel[0, 0, 0, 0]
     cdef floating *pdb = &dbias[0] if dbias is not None else NULL
     cdef floating *pw = &work[0]
-    for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule='static'):
+    for t in prange(nparts, nogil=True, num_threads=nthreads, schedule='static'):
         _dw_backward_weight_rows(
             px, pdy, pdk if t == 0 else pw + t * per + g.w * g.cout,
             NULL if pdb == NULL else (pdb if t == 0 else pw + t * per + g.w * g.cout + KC),
-            &g, split_bound(R, t, nthreads, 1), split_bound(R, t + 1, nthreads, 1), pw + t * per)
+            &g, split_bound(R, t, nparts, 1), split_bound(R, t + 1, nparts, 1), pw + t * per)
     with nogil:
-        for q in range(1, nthreads):
+        for q in range(1, nparts):
             add_into(pdk, pw + q * per + g.w * g.cout, KC)
             if pdb != NULL:
                 add_into(pdb, pw + q * per + g.w * g.cout + KC, g.cout)
 
 
 cdef void _bias_sums(const floating *dy, Py_ssize_t M, Py_ssize_t C, floating *db,
-                     floating *partials, int nthreads) noexcept nogil:
-    """db = dy (M x C) summed over rows: nthreads fixed row blocks, added in block order;
-    ``partials`` (nthreads-1)*C."""
+                     floating *partials, int nthreads, int nparts) noexcept nogil:
+    """db = dy (M x C) summed over rows: nparts fixed row blocks, added in block order;
+    ``partials`` (nparts-1)*C."""
     cdef Py_ssize_t b, q
-    for b in prange(nthreads, num_threads=nthreads, schedule='static'):
+    for b in prange(nparts, num_threads=nthreads, schedule='static'):
         memset(db if b == 0 else partials + (b - 1) * C, 0, C * sizeof(floating))
-        colsum(dy + (M * b // nthreads) * C, M * (b + 1) // nthreads - M * b // nthreads, C, C,
+        colsum(dy + (M * b // nparts) * C, M * (b + 1) // nparts - M * b // nparts, C, C,
                db if b == 0 else partials + (b - 1) * C)
-    for q in range(1, nthreads):
+    for q in range(1, nparts):
         add_into(db, partials + (q - 1) * C, C)
 
 
@@ -944,10 +949,14 @@ cdef void _forward_block(const floating *x, const floating *w, const floating *b
 
 def general_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] kernel,
                     const floating[::1] bias, floating[:, :, :, ::1] y, tuple params, int act,
-                    bint shared, floating[::1] panel, Py_ssize_t tile_rows, int nthreads):
+                    bint shared, floating[::1] panel, Py_ssize_t tile_rows, int nthreads,
+                    int nparts=0):
     """y = act(conv(x, kernel) + bias) with groups and dilations; kernel (kh, kw, Cin/groups,
-    Cout).  'blocks' (shared False): ``panel`` nthreads*tile_rows*K elements (K = kh*kw*Cg);
-    'shared': tile_rows*K, the team im2cols each tile and one GEMM uses every thread."""
+    Cout).  'blocks' (shared False): nparts blocks of rows (<= 0: nthreads), ``panel``
+    nparts*tile_rows*K elements (K = kh*kw*Cg); 'shared': tile_rows*K, the team im2cols each
+    tile and one GEMM uses every thread."""
+    if nparts <= 0:
+        nparts = nthreads
     cdef Geometry g = _geometry(x.shape, y.shape, kernel.shape[0], kernel.shape[1], params)
     cdef Py_ssize_t M = g.n * g.oh * g.ow, cg = g.cin // g.groups, og = g.cout // g.groups
     cdef Py_ssize_t K = g.kh * g.kw * cg, b, m0, m1, gi, m
@@ -958,9 +967,9 @@ def general_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     cdef floating *pp = &panel[0]
     with nogil:
         if not shared:
-            for b in prange(nthreads, num_threads=nthreads, schedule='static'):
+            for b in prange(nparts, num_threads=nthreads, schedule='static'):
                 _forward_block(px, pk, pb, py, &g, act, pp + b * tile_rows * K, tile_rows,
-                               M * b // nthreads, M * (b + 1) // nthreads)
+                               M * b // nparts, M * (b + 1) // nparts)
         else:
             m0 = 0
             while m0 < M:
@@ -998,10 +1007,13 @@ cdef void _backward_input_images(const floating *dy, const floating *w, floating
 
 def general_backward_input(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] kernel,
                            floating[:, :, :, ::1] dx, tuple params, bint shared,
-                           floating[::1] panel, Py_ssize_t tile_rows, int nthreads):
-    """dx = col2im(dy_g @ W_g^T) per group.  'blocks': whole images per thread, ``panel``
-    nthreads*tile_rows*K; 'shared': ``panel`` tile_rows*K, one team GEMM per tile, then the
-    input rows gathered in parallel."""
+                           floating[::1] panel, Py_ssize_t tile_rows, int nthreads,
+                           int nparts=0):
+    """dx = col2im(dy_g @ W_g^T) per group.  'blocks': whole images per block, nparts blocks
+    (<= 0: nthreads), ``panel`` nparts*tile_rows*K; 'shared': ``panel`` tile_rows*K, one team
+    GEMM per tile, then the input rows gathered in parallel."""
+    if nparts <= 0:
+        nparts = nthreads
     cdef Geometry g = _geometry(dx.shape, dy.shape, kernel.shape[0], kernel.shape[1], params)
     cdef Py_ssize_t M = g.n * g.oh * g.ow, cg = g.cin // g.groups, og = g.cout // g.groups
     cdef Py_ssize_t K = g.kh * g.kw * cg, b, n, m0, m1, gi, r, r_lo, r_hi
@@ -1011,9 +1023,9 @@ def general_backward_input(const floating[:, :, :, ::1] dy, const floating[:, :,
     cdef floating *pp = &panel[0]
     with nogil:
         if not shared:
-            for b in prange(nthreads, num_threads=nthreads, schedule='static'):
+            for b in prange(nparts, num_threads=nthreads, schedule='static'):
                 _backward_input_images(pdy, pk, pdx, &g, pp + b * tile_rows * K, tile_rows,
-                                       g.n * b // nthreads, g.n * (b + 1) // nthreads)
+                                       g.n * b // nparts, g.n * (b + 1) // nparts)
         else:
             for n in prange(g.n, num_threads=nthreads, schedule='static'):
                 memset(pdx + n * g.h * g.w * g.cin, 0, g.h * g.w * g.cin * sizeof(floating))
@@ -1054,11 +1066,13 @@ cdef void _backward_weight_block(const floating *x, const floating *dy, floating
 def general_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
                             floating[:, :, :, ::1] dkernel, floating[::1] dbias, tuple params,
                             bint shared, floating[::1] panel, Py_ssize_t tile_rows,
-                            floating[::1] partials, int nthreads):
+                            floating[::1] partials, int nthreads, int nparts=0):
     """dkernel (kh, kw, Cin/groups, Cout) = sum of col_g^T @ dy_g, dbias = dy summed (if not
-    None).  'blocks': ``panel`` nthreads*tile_rows*K, ``partials`` (nthreads-1)*(K*Cout+Cout),
-    added in block order; 'shared': ``panel`` tile_rows*K, team GEMMs, ``partials`` for the
-    bias only ((nthreads-1)*Cout)."""
+    None).  nparts blocks of rows (<= 0: nthreads).  'blocks': ``panel`` nparts*tile_rows*K,
+    ``partials`` (nparts-1)*(K*Cout+Cout), added in block order; 'shared': ``panel``
+    tile_rows*K, team GEMMs, ``partials`` for the bias only ((nparts-1)*Cout)."""
+    if nparts <= 0:
+        nparts = nthreads
     cdef Geometry g = _geometry(x.shape, dy.shape, dkernel.shape[0], dkernel.shape[1], params)
     cdef Py_ssize_t M = g.n * g.oh * g.ow, cg = g.cin // g.groups, og = g.cout // g.groups
     cdef Py_ssize_t K = g.kh * g.kw * cg, KC = K * g.cout, b, q, m0, m1, gi, m
@@ -1071,13 +1085,13 @@ def general_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :,
     cdef floating *ppart = &partials[0] if partials is not None else NULL
     with nogil:
         if not shared:
-            for b in prange(nthreads, num_threads=nthreads, schedule='static'):
+            for b in prange(nparts, num_threads=nthreads, schedule='static'):
                 _backward_weight_block(
                     px, pdy, pdk if b == 0 else ppart + (b - 1) * per,
                     NULL if pdb == NULL else (pdb if b == 0 else ppart + (b - 1) * per + KC),
-                    &g, pp + b * tile_rows * K, tile_rows, M * b // nthreads,
-                    M * (b + 1) // nthreads)
-            for q in range(1, nthreads):
+                    &g, pp + b * tile_rows * K, tile_rows, M * b // nparts,
+                    M * (b + 1) // nparts)
+            for q in range(1, nparts):
                 add_into(pdk, ppart + (q - 1) * per, KC)
                 if pdb != NULL:
                     add_into(pdb, ppart + (q - 1) * per + KC, g.cout)
@@ -1094,7 +1108,7 @@ def general_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :,
                          <const floating *>NULL, ACT_NONE, nthreads)
                 m0 = m1
             if pdb != NULL:
-                _bias_sums(pdy, M, g.cout, pdb, ppart, nthreads)
+                _bias_sums(pdy, M, g.cout, pdb, ppart, nthreads, nparts)
 
 
 # ---------------------------------------------------------------------- bias, bias gradient
@@ -1118,11 +1132,15 @@ def bias_act(floating[:, ::1] y, const floating[::1] bias, bint relu, int nthrea
                        split_bound(R, t + 1, nthreads, 1), relu)
 
 
-def bias_grad(const floating[:, ::1] dy, floating[::1] db, floating[::1] partials, int nthreads):
-    """db (C,) = dy (rows, C) summed over rows; ``partials`` (nthreads-1)*C (None for 1)."""
+def bias_grad(const floating[:, ::1] dy, floating[::1] db, floating[::1] partials, int nthreads,
+              int nparts=0):
+    """db (C,) = dy (rows, C) summed over rows in nparts blocks (<= 0: nthreads); ``partials``
+    (nparts-1)*C (None for 1)."""
     cdef floating *pp = &partials[0] if partials is not None else NULL
+    if nparts <= 0:
+        nparts = nthreads
     with nogil:
-        _bias_sums(&dy[0, 0], dy.shape[0], dy.shape[1], &db[0], pp, nthreads)
+        _bias_sums(&dy[0, 0], dy.shape[0], dy.shape[1], &db[0], pp, nthreads, nparts)
 
 
 # -------------------------------------------------------------------------------- upsampling

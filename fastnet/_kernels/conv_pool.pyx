@@ -14,9 +14,10 @@ accumulates, for every pooled position q and window slot j,
 where ``patch_j(q)`` is the im2col row of x at the conv output pixel of slot j.  The traffic
 drops from about five full-size activation arrays to the pooled gradient and the argmax.
 
-Work is split over pooled rows; each thread sums into its own partial (K x Cout and Cout),
-added in thread order: bitwise reproducible for a given thread count.  Trusts its arguments:
-``fastnet.ops.conv.conv2d_backward_weight_pooled`` validated them.
+Work is split over pooled rows in ``nparts`` blocks (by default one per thread), each summed
+into its own partial (K x Cout and Cout), added in block order: bitwise reproducible for a given
+thread count, and for any thread count with a fixed nparts (``fastnet.config.deterministic``).
+Trusts its arguments: ``fastnet.ops.conv.conv2d_backward_weight_pooled`` validated them.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
@@ -216,11 +217,14 @@ def _tap_table(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cin, Py_ssize_t w):
 def conv_pool_backward_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] g,
                               const unsigned char[:, :, :, ::1] argmax, floating[:, ::1] dw,
                               floating[::1] db, tuple conv, tuple pool, Py_ssize_t oh,
-                              Py_ssize_t ow, floating[:, ::1] partials, int nthreads):
+                              Py_ssize_t ow, floating[:, ::1] partials, int nthreads,
+                              int nparts=0):
     """dw (K, Cout) = the conv weight gradient, db (Cout,) or None the bias gradient, from the
     pooled gradient g (N, QH, QW, Cout) and the max pooling's argmax.  conv = (kh, kw, sh, sw,
     pt, pl); pool = (ph, pw, psh, psw, ppt, ppl); (oh, ow) the conv output size.  partials:
-    (nthreads, >= K * Cout + Cout) per-thread scratch."""
+    (nparts, >= K * Cout + Cout) per-block scratch; nparts <= 0: one block per thread."""
+    if nparts <= 0:
+        nparts = nthreads
     cdef fn_cp_geom p
     p.n, p.h, p.w, p.cin = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
     p.kh, p.kw, p.sh, p.sw, p.pt, p.pl = conv
@@ -234,20 +238,20 @@ def conv_pool_backward_weight(const floating[:, :, :, ::1] x, const floating[:, 
     cdef floating *base
     cdef Py_ssize_t[::1] tab = _tap_table(p.kh, p.kw, p.cin, p.w)
     with nogil:
-        for t in prange(nthreads, num_threads=nthreads, schedule='static', chunksize=1):
+        for t in prange(nparts, num_threads=nthreads, schedule='static', chunksize=1):
             base = part + t * stride
             memset(base, 0, (kc + c) * sizeof(floating))
-            r0 = rows * t // nthreads
-            r1 = rows * (t + 1) // nthreads
+            r0 = rows * t // nparts
+            r1 = rows * (t + 1) // nparts
             _rows(&p, &x[0, 0, 0, 0], &g[0, 0, 0, 0], &argmax[0, 0, 0, 0], r0, r1, &tab[0],
                   base, base + kc)
-        # thread order: reproducible for a given thread count
+        # block order: reproducible for a given nparts
         for i in prange(kc, num_threads=nthreads, schedule='static'):
             dw[i // c, i % c] = part[i]
-            for t in range(1, nthreads):
+            for t in range(1, nparts):
                 dw[i // c, i % c] += part[t * stride + i]
         if db is not None:
             for i in range(c):
                 db[i] = part[kc + i]
-                for t in range(1, nthreads):
+                for t in range(1, nparts):
                     db[i] += part[t * stride + kc + i]

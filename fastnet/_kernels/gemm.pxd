@@ -30,6 +30,7 @@ cdef inline void gemm(bint transa, bint transb, Py_ssize_t m, Py_ssize_t n, Py_s
 cdef extern from "fastnet_conv.h":
     ctypedef struct fn_conv_geom:
         Py_ssize_t n, h, w, cin, oh, ow, cout, kh, kw, sh, sw, pt, pl
+        Py_ssize_t nparts   # backward reduction blocks (<= 0: one per thread)
     enum:
         FN_CONV_FORWARD
         FN_CONV_BACKWARD_INPUT

@@ -17,7 +17,10 @@ window's top (the first row owns from 0, the last to H), zeroes them and scatter
 in the same pass and without races.  When the windows do not overlap at all (``sw >= pw`` too),
 the gradient is stored rather than added and only the elements no window covers are zeroed, so dx
 is written once.  Otherwise (``sh < ph``) the work is split by whole images, or, with fewer
-images than threads, by blocks of output rows in two colours (even blocks, then odd ones).
+images than threads, by blocks of output rows in two colours (even blocks, then odd ones).  The
+order of the additions then depends on that choice and on the number of blocks, both taken from
+``nparts`` (by default the thread count; a number fixed by the shape in
+``fastnet.config.deterministic`` mode, for results independent of the thread count).
 
 Max backward sends each gradient to the first maximum of its window in row-major order, like
 TensorFlow: a per-thread ``pending`` vector starts as dy and is handed over (then zeroed) at the
@@ -384,7 +387,8 @@ cdef void backward_image(const floating *x, const floating *y, const unsigned ch
 
 cdef void backward(const floating *x, const floating *y, const unsigned char *am,
                    const floating *dy, floating *dx, const Pool *p, bint average,
-                   floating *pending, Py_ssize_t stride, int nthreads) noexcept nogil:
+                   floating *pending, Py_ssize_t stride, int nthreads,
+                   int nparts) noexcept nogil:
     cdef Py_ssize_t r, n, b, colour, oh, nb, reach
     if p.sh >= p.ph:
         for r in prange(p.n * p.oh, num_threads=nthreads, schedule='static'):
@@ -395,8 +399,8 @@ cdef void backward(const floating *x, const floating *y, const unsigned char *am
     # ones; a block of at least ceil(ph / sh) - 1 rows keeps same-colour blocks' windows apart,
     # and the fixed colour order keeps the sums reproducible.
     reach = (p.ph + p.sh - 1) // p.sh - 1
-    nb = imin(2 * nthreads, p.oh // imax(reach, 1))
-    if p.n >= nthreads or nb < 4:
+    nb = imin(2 * nparts, p.oh // imax(reach, 1))
+    if p.n >= nparts or nb < 4:
         for n in prange(p.n, num_threads=nthreads, schedule='static'):
             backward_image(x, y, am, dy, dx, p, average, n, pending + threadid() * stride)
         return
@@ -414,26 +418,33 @@ def max_pool2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, 
                         const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
                         Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw,
                         Py_ssize_t pt, Py_ssize_t pl, floating[::1] pending, int nthreads,
-                        const unsigned char[:, :, :, ::1] argmax=None):
+                        const unsigned char[:, :, :, ::1] argmax=None, int nparts=0):
     """dx = gradient of max pooling (x the input, y the output, dy its gradient);
     ``pending`` is per-thread scratch: nthreads slices of C elements, ``pending.size //
     nthreads`` apart (pad them so that threads never share a cache line).  With ``argmax``
-    (the forward's), x and y are not read."""
+    (the forward's), x and y are not read.  ``nparts`` (<= 0: nthreads) picks the split of
+    overlapping windows (see the module docstring)."""
+    if nparts <= 0:
+        nparts = nthreads
     cdef Pool p = _pool(dx.shape, dy.shape, ph, pw, sh, sw, pt, pl)
     cdef Py_ssize_t stride = pending.shape[0] // nthreads
     cdef const unsigned char *pam = &argmax[0, 0, 0, 0] if argmax is not None else NULL
     with nogil:
         backward(&x[0, 0, 0, 0], &y[0, 0, 0, 0], pam, &dy[0, 0, 0, 0], &dx[0, 0, 0, 0], &p,
-                 False, &pending[0], stride, nthreads)
+                 False, &pending[0], stride, nthreads, nparts)
 
 
 def avg_pool2d_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
                         Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw,
-                        Py_ssize_t pt, Py_ssize_t pl, floating[::1] pending, int nthreads):
-    """dx = gradient of average pooling (dx's shape is the input's); ``pending`` is per-thread
-    scratch as for max_pool2d_backward."""
+                        Py_ssize_t pt, Py_ssize_t pl, floating[::1] pending, int nthreads,
+                        int nparts=0):
+    """dx = gradient of average pooling (dx's shape is the input's); ``pending`` and
+    ``nparts`` as for max_pool2d_backward."""
+    if nparts <= 0:
+        nparts = nthreads
     cdef Pool p = _pool(dx.shape, dy.shape, ph, pw, sh, sw, pt, pl)
     cdef Py_ssize_t stride = pending.shape[0] // nthreads
     with nogil:
         backward(<const floating *>NULL, <const floating *>NULL, <const unsigned char *>NULL,
-                 &dy[0, 0, 0, 0], &dx[0, 0, 0, 0], &p, True, &pending[0], stride, nthreads)
+                 &dy[0, 0, 0, 0], &dx[0, 0, 0, 0], &p, True, &pending[0], stride, nthreads,
+                 nparts)

@@ -4,7 +4,7 @@ from fastnet.layers.conv import Conv2D  # noqa: F401
 from fastnet.layers.core import (  # noqa: F401
     Activation, Dense, Flatten, Input, InputLayer, KerasTensor)
 from fastnet.layers.merge import (  # noqa: F401
-    Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract)
+    Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract)
 from fastnet.layers.pooling import (  # noqa: F401
     AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D)
 from fastnet.layers.activation_layers import ELU, GELU, LeakyReLU, ReLU, Softmax  # noqa: F401
@@ -33,3 +33,7 @@ from fastnet.layers.upsampling import UpSampling2D  # noqa: F401,E402
 SeparableConvolution2D = SeparableConv2D
 Convolution2DTranspose = Conv2DTranspose
 Convolution1D = Conv1D
+from fastnet.layers.pooling_1d import (  # noqa: F401,E402
+    GlobalAveragePooling1D, GlobalMaxPooling1D)
+GlobalAvgPool1D = GlobalAveragePooling1D
+GlobalMaxPool1D = GlobalMaxPooling1D

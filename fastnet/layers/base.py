@@ -4,6 +4,7 @@ import re
 import numpy as np
 
 from fastnet import initializers, regularizers
+from fastnet.ops._workspace import check_nbytes, nbytes_of
 
 _name_counts = {}
 
@@ -30,15 +31,20 @@ def _has_symbolic(x):
     return isinstance(x, (list, tuple)) and any(isinstance(t, KerasTensor) for t in x)
 
 
-def _as_shape(shape, name):
+def _as_shape(shape, name, allow_none=False):
+    """``shape`` as a tuple of positive ints (``allow_none``: None marks a size known only when
+    data arrive, e.g. ``Input(shape=(None, 16))``)."""
     try:
         shape = tuple(shape)
     except TypeError:
         raise TypeError(f"{name} must be a tuple of integers, got {shape!r}") from None
     for s in shape:
+        if s is None and allow_none:
+            continue
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
-            raise ValueError(f"{name} must hold positive integers, got {shape!r}")
-    return tuple(int(s) for s in shape)
+            raise ValueError(f"{name} must hold positive integers{' or None' * allow_none}, "
+                             f"got {shape!r}")
+    return tuple(None if s is None else int(s) for s in shape)
 
 
 class Layer:
@@ -87,8 +93,8 @@ class Layer:
         self.dtype = dt
         if input_dim is not None and input_shape is None:
             input_shape = (input_dim,)
-        self.batch_input_shape = _as_shape(input_shape, "input_shape") if input_shape is not None \
-            else None
+        self.batch_input_shape = _as_shape(input_shape, "input_shape", allow_none=True) \
+            if input_shape is not None else None
         self.built = False
         self.input_shape = self.output_shape = None
         self.params = {}   # name -> array, Keras order (a view into the model's flat buffer)
@@ -110,7 +116,12 @@ class Layer:
         ``forward``.  ``regularizer`` (a ``fastnet.regularizers`` identifier) adds a penalty on
         the weight to ``regularization_loss()`` and its gradient to ``grads`` in ``backward``.
         """
-        value = np.ascontiguousarray(initializers.get(initializer)(tuple(shape), self.dtype),
+        shape = tuple(shape)
+        # the weight, its gradient and the initializer's float64 draw, refused before any exists
+        check_nbytes(nbytes_of(shape, self.dtype) * (2 if trainable else 1)
+                     + nbytes_of(shape, np.float64),
+                     f"{self.name}: weight {name} of shape {shape}")
+        value = np.ascontiguousarray(initializers.get(initializer)(shape, self.dtype),
                                      dtype=self.dtype)
         self.params[name] = value
         if trainable:
@@ -264,6 +275,7 @@ class Layer:
         dtype = self.dtype if dtype is None else np.dtype(dtype)
         buf = self._buffers.get(key)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
+            check_nbytes(nbytes_of(shape, dtype), f"{self.name}: buffer {key!r} of shape {shape}")
             buf = self._buffers[key] = np.empty(shape, dtype=dtype)
         return buf
 
@@ -286,14 +298,14 @@ class Layer:
             if not isinstance(x, (list, tuple)) or not x:
                 raise TypeError(f"{self.name}: {type(self).__name__} takes a list of inputs, "
                                 f"got {type(x).__name__}")
-            xs = [np.ascontiguousarray(v, dtype=self.dtype) for v in x]
+            xs = [self._as_batch(v, f"input {i}") for i, v in enumerate(x)]
             if any(v.ndim < 1 for v in xs) or len({v.shape[0] for v in xs}) != 1:
                 raise ValueError(f"{self.name}: every input needs the same batch axis, got "
                                  f"shapes {[v.shape for v in xs]}")
             self._build_once([v.shape[1:] for v in xs])
             y = self.forward(xs, training=training)
         else:
-            x = np.ascontiguousarray(x, dtype=self.dtype)
+            x = self._as_batch(x, "input")
             if x.ndim < 1:
                 raise ValueError(f"{self.name}: input must have a batch axis, got shape "
                                  f"{x.shape}")
@@ -303,6 +315,18 @@ class Layer:
             self._build_once(x.shape[1:])
             y = self.forward(x, training=training)
         return [v.copy() for v in y] if isinstance(y, list) else y.copy()
+
+    def _as_batch(self, x, label):
+        """``x`` as a C-contiguous array of the layer's dtype; like the models, only real
+        numbers (float, int, bool) are cast: complex, object and string arrays are refused
+        rather than silently truncated or parsed."""
+        try:
+            v = np.asarray(x)
+        except (ValueError, TypeError) as e:
+            raise TypeError(f"{self.name}: {label} must be array-like of numbers ({e})") from None
+        if v.dtype.kind not in "fiub":
+            raise TypeError(f"{self.name}: {label} must hold real numbers, got dtype {v.dtype}")
+        return np.ascontiguousarray(v, dtype=self.dtype)
 
     def _call_symbolic(self, x):
         from fastnet.layers.node import KerasTensor, Node
@@ -321,6 +345,9 @@ class Layer:
                 raise TypeError(f"{self.name}: {type(self).__name__} takes one input, got a "
                                 f"list of {len(tensors)}")
             shapes = tensors[0].shape[1:]
+        if None in (shapes if not self.multi_input else [d for s in shapes for d in s]):
+            from fastnet.layers.node import call_with_none_dims   # Input(shape=(None, ...))
+            return call_with_none_dims(self, tensors, shapes)
         self._build_once(shapes)
         node = Node(self, tensors, self.output_shape, _is_shape_list(self.output_shape))
         return list(node.outputs) if node.multi_output else node.outputs[0]

@@ -25,7 +25,11 @@ class InputLayer(Layer):
             raise ValueError(f"InputLayer: batch_size must be a positive integer or None, "
                              f"got {batch_size!r}")
         self.batch_size = None if batch_size is None else int(batch_size)
-        self.build(self.batch_input_shape)
+        if None in self.batch_input_shape:   # sizes known when data arrive (node.py)
+            self.input_shape = self.output_shape = self.batch_input_shape
+            self.built = True
+        else:
+            self.build(self.batch_input_shape)
         self._state_keys = frozenset(self.__dict__) - {"_buffers"}
         node = Node(self, [], self.batch_input_shape, False)
         self.output = node.outputs[0]
@@ -46,11 +50,12 @@ class InputLayer(Layer):
 def Input(shape=None, batch_size=None, dtype=None, name=None):
     """A symbolic input batch of ``shape`` (no batch axis): the start of a functional model
     (``x = Input(shape=(32, 32, 3)); y = Conv2D(8, 3)(x); Model(x, y)``) or the first entry
-    of a Sequential model."""
+    of a Sequential model.  None in ``shape`` (``Input(shape=(None, 16))``: any number of
+    steps) is a size fixed by each batch (see fastnet.layers.node)."""
     if shape is None:
         raise ValueError("Input: shape is required, e.g. Input(shape=(28, 28, 1))")
-    return InputLayer(shape=_as_shape(shape, "shape"), batch_size=batch_size, dtype=dtype,
-                      name=name).output
+    return InputLayer(shape=_as_shape(shape, "shape", allow_none=True), batch_size=batch_size,
+                      dtype=dtype, name=name).output
 
 
 class Dense(ActivationMixin, Layer):
@@ -91,7 +96,7 @@ class Dense(ActivationMixin, Layer):
         z = matmul(x2, self.params["kernel"], bias=self.params.get("bias"), activation=fused,
                    out=self.buffer("z", (x2.shape[0], self.units)))
         y = z if fused is not None else self.apply_activation(z)
-        self._x, self._z, self._y = x2, z, y
+        self._x, self._z, self._y, self._x_shape = x2, z, y, x.shape
         return y.reshape(x.shape[:-1] + (self.units,))
 
     def forward_folded(self, x, bn, activation=None):
@@ -115,8 +120,9 @@ class Dense(ActivationMixin, Layer):
             self.add_regularization_grads()
         if not self.need_input_grad:
             return None
-        return matmul(dy, self.params["kernel"], transpose_b=True,
-                      out=self.buffer("dx", self._x.shape))
+        dx = matmul(dy, self.params["kernel"], transpose_b=True,
+                    out=self.buffer("dx", self._x.shape))
+        return dx.reshape(self._x_shape)   # (batch, ..., in) like x, not the 2-D GEMM view
 
     def get_config(self):
         cfg = super().get_config()

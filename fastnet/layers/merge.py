@@ -1,5 +1,5 @@
 """Merge layers: combine several tensors into one (Add, Subtract, Multiply, Average, Maximum,
-Minimum, Concatenate), for residual and skip connections in functional models.
+Minimum, Concatenate, Dot), for residual and skip connections in functional models.
 
 Every forward and backward is a handful of whole-array NumPy ufunc calls writing into the
 layer's reused buffers (compiled loops, no per-element Python).  The element-wise layers take
@@ -247,4 +247,141 @@ class Concatenate(Layer):
     def get_config(self):
         cfg = super().get_config()
         cfg["axis"] = self.axis
+        return cfg
+
+
+class Dot(Layer):
+    """Batched dot product of two tensors along ``axes`` (Keras' ``Dot``, ``batch_dot``).
+
+    ``axes`` is one axis for both inputs or a pair ``(axis of x0, axis of x1)``; axes count
+    the batch axis (0, not allowed) and may be negative.  The contracted sizes must match.
+    x0 (batch, *a, k, *b), x1 (batch, *c, k, *d) -> (batch, *a, *b, *c, *d); when nothing is
+    left but the batch axis the output is (batch, 1).  ``normalize=True`` first divides each
+    input by its L2 norm along its dot axis (``x / max(||x||, 1e-7)``, Keras 3), so the
+    output is the cosine similarity.
+
+    Both directions are one batched ``np.matmul`` over (batch, rows, k) x (batch, k, cols)
+    views of the inputs (the dot axis moved last / first; a copy only when it is not already
+    there).
+
+    >>> Dot(axes=1)([a, b])            # a, b (batch, 16) -> (batch, 1)
+    >>> Dot(axes=(2, 2))([q, k])       # (batch, n, d), (batch, m, d) -> (batch, n, m)
+    """
+
+    multi_input = True
+    _EPSILON = 1e-7   # keras.config.epsilon(), the floor of the norm
+
+    def __init__(self, axes, normalize=False, **kwargs):
+        super().__init__(**kwargs)
+        pair = [axes] if isinstance(axes, numbers.Integral) else axes
+        if isinstance(pair, (list, tuple)) and len(pair) in (1, 2) and all(
+                isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in pair):
+            pair = [int(a) for a in pair]
+        else:
+            raise TypeError(f"Dot: axes must be an integer or a pair of integers, got {axes!r}")
+        self.axes = pair[0] if isinstance(axes, numbers.Integral) else tuple(pair)
+        if not isinstance(normalize, (bool, np.bool_)):
+            raise TypeError(f"Dot: normalize must be True or False, got {normalize!r}")
+        self.normalize = bool(normalize)
+
+    def _dot_axes(self, shapes):
+        """The dot axis of each input within its per-sample shape (0-based, batch excluded)."""
+        given = (self.axes, self.axes) if isinstance(self.axes, int) else self.axes
+        if len(given) != 2:
+            raise ValueError(f"{self.name}: Dot(axes={self.axes!r}) needs one axis per input")
+        out = []
+        for i, (a, s) in enumerate(zip(given, shapes)):
+            rank = len(s) + 1
+            ax = a % rank if a < 0 else a      # Keras: negative axes wrap around the full rank
+            if not 1 <= ax < rank:
+                raise ValueError(f"{self.name}: Dot axes={self.axes!r} is out of range for input "
+                                 f"{i} of shape {(None,) + tuple(s)} (the batch axis 0 cannot "
+                                 f"be contracted)")
+            out.append(ax - 1)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 2:
+            raise ValueError(f"{self.name}: Dot takes exactly 2 inputs, got {len(input_shape)}")
+        s0, s1 = (tuple(s) for s in input_shape)
+        if not s0 or not s1:
+            raise ValueError(f"{self.name}: Dot needs inputs of rank >= 2, got shapes "
+                             f"{[(None,) + s for s in (s0, s1)]}")
+        a0, a1 = self._dot_axes([s0, s1])
+        if s0[a0] is not None and s1[a1] is not None and s0[a0] != s1[a1]:
+            raise ValueError(f"{self.name}: Dot(axes={self.axes!r}) contracts axis of size "
+                             f"{s0[a0]} with one of size {s1[a1]} (shapes "
+                             f"{[(None,) + s for s in (s0, s1)]}); they must be equal")
+        out = s0[:a0] + s0[a0 + 1:] + s1[:a1] + s1[a1 + 1:]
+        return out if out else (1,)
+
+    def build_weights(self, input_shape):
+        self._axes = self._dot_axes(input_shape)
+
+    def _operands(self, x, i, n):
+        """``x`` (or its normalized copy) as a (batch, rows, k) matrix for input 0 or a
+        (batch, k, cols) matrix for input 1, and the normalization's norms (or None)."""
+        ax = self._axes[i] + 1
+        norm = None
+        if self.normalize:
+            sq = np.square(x, out=self.buffer(f"sq{i}", x.shape))
+            norm = np.sum(sq, axis=ax, keepdims=True,
+                          out=self.buffer(f"norm{i}", x.shape[:ax] + (1,) + x.shape[ax + 1:]))
+            np.sqrt(norm, out=norm)
+            np.maximum(norm, norm.dtype.type(self._EPSILON), out=norm)
+            x = np.divide(x, norm, out=self.buffer(f"u{i}", x.shape))
+        k = x.shape[ax]
+        if i == 0:
+            m = np.moveaxis(x, ax, -1).reshape(n, -1, k)
+        else:
+            m = np.moveaxis(x, ax, 1).reshape(n, k, -1)
+        return m, x, norm
+
+    def forward(self, xs, training=False):
+        x0, x1 = xs
+        n = x0.shape[0]
+        self._m0, self._u0, self._norm0 = self._operands(x0, 0, n)
+        self._m1, self._u1, self._norm1 = self._operands(x1, 1, n)
+        y = self.buffer("y", (n,) + self.output_shape)
+        np.matmul(self._m0, self._m1, out=y.reshape(n, self._m0.shape[1], self._m1.shape[2]))
+        return y
+
+    def _input_grad(self, i, g, n):
+        """dL/dx_i from ``g``, the gradient of its matrix view; undoes the reshape, the axis
+        move and (with ``normalize``) the division by the norm."""
+        ax = self._axes[i] + 1
+        shape = (n,) + tuple(self.input_shape[i])
+        moved = list(shape)
+        k = moved.pop(ax)
+        if i == 0:
+            g = np.moveaxis(g.reshape(moved + [k]), -1, ax)
+        else:
+            g = np.moveaxis(g.reshape(moved[:1] + [k] + moved[1:]), 1, ax)
+        dx = self.buffer(f"dx{i}", shape)
+        if not self.normalize:
+            np.copyto(dx, g)
+            return dx
+        # u = x / n with n = max(||x||, eps): dx = (g - u * <g, u>) / n where ||x|| > eps
+        u, norm = (self._u0, self._norm0) if i == 0 else (self._u1, self._norm1)
+        gu = np.multiply(g, u, out=self.buffer(f"sq{i}", shape))
+        proj = np.sum(gu, axis=ax, keepdims=True, out=self.buffer(f"proj{i}", norm.shape))
+        np.multiply(proj, norm > norm.dtype.type(self._EPSILON), out=proj)
+        np.multiply(u, proj, out=dx)
+        np.subtract(g, dx, out=dx)
+        return np.divide(dx, norm, out=dx)
+
+    def backward(self, dy):
+        if not self.need_input_grad:
+            return [None, None]
+        n = dy.shape[0]
+        m0, m1 = self._m0, self._m1
+        g = dy.reshape(n, m0.shape[1], m1.shape[2])
+        g0 = np.matmul(g, np.swapaxes(m1, 1, 2), out=self.buffer("g0", m0.shape))
+        g1 = np.matmul(np.swapaxes(m0, 1, 2), g, out=self.buffer("g1", m1.shape))
+        return [self._input_grad(0, g0, n), self._input_grad(1, g1, n)]
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["axes"] = list(self.axes) if isinstance(self.axes, tuple) else self.axes
+        cfg["normalize"] = self.normalize
         return cfg

@@ -77,6 +77,8 @@ class Node:
         self.outputs = [KerasTensor((None,) + tuple(s), layer.dtype, layer, index, i)
                         for i, s in enumerate(shapes)]
         self.multi_output = bool(multi_output)
+        # the nested-model call (functional._NestedCall) this node was replayed for, if any
+        self.owner = None
         layer._inbound_nodes.append(self)
 
     @property
@@ -86,3 +88,64 @@ class Node:
 
     def __repr__(self):
         return f"<Node {self.layer.name}[{self.index}] inputs={[t.name for t in self.inputs]}>"
+
+
+# Sizes standing in for None while a layer is built on symbolic tensors: far apart and large
+# enough for any kernel or pool, so an output size that depends on the None size differs
+# between them (and becomes None), and a weight that depends on it is caught.
+_PROBES = (97, 160)
+
+
+def _fill(shape, size):
+    return tuple(size if d is None else d for d in shape)
+
+
+def _unify(a, b):
+    """The symbolic shape(s) of two probe builds' outputs: None where they differ."""
+    if isinstance(a, list):
+        return [_unify(x, y) for x, y in zip(a, b)]
+    return tuple(x if x == y else None for x, y in zip(a, b))
+
+
+def call_with_none_dims(layer, tensors, shapes):
+    """``layer`` called on symbolic tensors of which some sizes are None (``Input(shape=(None,
+    16))``): build it as if those sizes were a probe size, check that its weights do not depend
+    on them (a second build of a copy with another probe size), record the node with None
+    where the output sizes depend on them.  The model runs copies of the layer built for each
+    batch's actual sizes (``Functional``'s per-shape graphs)."""
+    from fastnet.layers.base import _is_shape_list
+    multi = layer.multi_input
+    sym = [tuple(s) for s in shapes] if multi else tuple(shapes)
+    if layer.built:
+        if layer.input_shape != sym:
+            raise ValueError(f"layer {layer.name} was built for inputs {layer.input_shape} but "
+                             f"receives {sym}")
+    else:
+        probes = [[_fill(s, p) for s in sym] if multi else _fill(sym, p) for p in _PROBES]
+        try:
+            twin = type(layer).from_config(layer.get_config())
+            twin._build_once(probes[1])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"layer {layer.name} cannot take inputs of shape "
+                             f"{_shape_text(sym, multi)} with None sizes: {e}") from None
+        layer._build_once(probes[0])
+        for name, w in layer.params.items():
+            if w.shape != twin.params[name].shape:
+                src = [t._keras_history[0].name for t in tensors
+                       if None in t.shape[1:]]
+                axes = sorted({i + 1 for s in (sym if multi else [sym])
+                               for i, d in enumerate(s) if d is None})
+                raise ValueError(
+                    f"layer {layer.name} ({type(layer).__name__}) needs a fixed size where its "
+                    f"input {_shape_text(sym, multi)} has None (axis {', '.join(map(str, axes))}"
+                    f", from layer {', '.join(src)}): its weight {name} would depend on it.  "
+                    f"Give Input(shape=...) that size, or reduce that axis first (e.g. a "
+                    f"GlobalAveragePooling layer instead of Flatten)")
+        layer.input_shape = sym
+        layer.output_shape = _unify(layer.output_shape, twin.output_shape)
+    node = Node(layer, tensors, layer.output_shape, _is_shape_list(layer.output_shape))
+    return list(node.outputs) if node.multi_output else node.outputs[0]
+
+
+def _shape_text(sym, multi):
+    return str([(None,) + s for s in sym]) if multi else str((None,) + sym)

@@ -21,13 +21,52 @@ step lists over integer tensor slots:
 
 Buffers (gradient sums, zero gradients for unused outputs of multi-output layers) are keyed by
 shape and reused every step; a step allocates nothing in steady state.
+
+Nested models
+-------------
+A built model called on symbolic tensors (``out = encoder(inp)``, or a model listed in a
+Sequential) replays its own nodes on them: its layers run as part of the outer graph (shared
+layers and per-call state work as above, so one model can be called several times) and keep
+their weight arrays, so both models train the same weights.  For ``layers``, the weights'
+order, the summary and the configuration, the nested model is one entry (``_top_level``): it
+exposes the layer protocol the model needs (``params`` / ``grads`` mappings named
+``"layer/weight"``, ``trainable``, ``trainable_weight_names``, ...).  Setting ``trainable``
+on a model sets it on each of its layers, as in Keras.
+
+None sizes
+----------
+``Input(shape=(None, 16))``: layers are built on symbolic tensors with a probe size in place of
+None (``fastnet.layers.node.call_with_none_dims``; a layer whose weights would depend on it is
+refused there).  Running such a model picks, per input shape, a concrete graph of copies of the
+layers built for that shape, whose weight and gradient dicts are this model's own
+(``_graph_for``); the last ``_MAX_SHAPE_GRAPHS`` shapes keep their graphs (layer buffers and
+compiled prediction plans), older ones are released.
 """
+import threading
+from collections import OrderedDict
+from collections.abc import MutableMapping
+
 import numpy as np
 
 from fastnet.layers.base import Layer
 from fastnet.layers.core import InputLayer
 from fastnet.layers.node import KerasTensor
 from fastnet.models.model import Model, _shape_text
+
+
+_MAX_SHAPE_GRAPHS = 8   # input shapes whose graphs a model with None sizes keeps (LRU)
+_SHAPE_LOCK = threading.RLock()   # guards the choice of a shape's graph (see _graph_for)
+
+
+def _borrowed_weights(layer):
+    """An ``add_weight`` for a copy of ``layer`` that returns ``layer``'s own arrays."""
+    def add_weight(name, shape, initializer, trainable=True, regularizer=None):
+        value = layer.params[name]
+        if value.shape != tuple(shape):
+            raise ValueError(f"layer {layer.name}: weight {name} would have shape "
+                             f"{tuple(shape)} for these inputs, but has {value.shape}")
+        return value
+    return add_weight
 
 
 def _tensor_list(value, what):
@@ -41,6 +80,114 @@ def _tensor_list(value, what):
         return list(value), False
     raise TypeError(f"Model: {what} must be a symbolic tensor from fastnet.layers.Input (or a "
                     f"layer called on one), or a non-empty list of them; got {value!r}")
+
+
+class _NestedCall:
+    """One call of a model on symbolic tensors while another model is being built: the nested
+    model's nodes are replayed on ``inputs`` (each replayed node's ``owner`` is this record)
+    and ``outputs`` are what the call returned."""
+
+    def __init__(self, model, inputs):
+        self.model, self.inputs, self.outputs = model, list(inputs), []
+
+
+class _NestedArrays(MutableMapping):
+    """A nested model's ``params`` or ``grads`` (``kind``) as one mapping ``"layer/weight"`` ->
+    array over its layers' own dicts, Keras order: the outer model binds and reads them like a
+    layer's, and setting an entry sets the inner layer's."""
+
+    def __init__(self, model, kind):
+        self._model, self._kind = model, kind
+
+    def _locate(self, key):
+        layer_name, _, name = str(key).partition("/")
+        for layer in self._model.layers:
+            if layer.name == layer_name and name in layer.params:
+                return getattr(layer, self._kind), name
+        raise KeyError(key)
+
+    def __getitem__(self, key):
+        arrays, name = self._locate(key)
+        return arrays[name]
+
+    def __setitem__(self, key, value):
+        arrays, name = self._locate(key)
+        arrays[name] = value
+
+    def __delitem__(self, key):
+        arrays, name = self._locate(key)
+        del arrays[name]
+
+    def __iter__(self):
+        for layer in self._model.layers:
+            for name in list(getattr(layer, self._kind)):
+                yield f"{layer.name}/{name}"
+
+    def __len__(self):
+        return sum(len(getattr(layer, self._kind)) for layer in self._model.layers)
+
+
+def _layer_or_model_class(name):
+    """The class a layer entry of a configuration names: a fastnet layer or a nested model."""
+    from fastnet import layers as layers_mod
+    from fastnet import models as models_mod
+    if name in ("Functional", "Sequential"):
+        return getattr(models_mod, name)
+    return getattr(layers_mod, name, None)
+
+
+def _compute_layers(entry):
+    """The layers that run for a top-level entry: a nested model's own, or the layer."""
+    if isinstance(entry, Functional):
+        return [l for l in entry._graph_layers if not isinstance(l, InputLayer)]
+    return [entry]
+
+
+def _top_level(inputs, nodes, layer_order=None):
+    """(entries, calls): the model's top-level layers and nested models (inputs first, then by
+    first call; ``layer_order`` names: from_config's saved order, which the weights follow)
+    and its calls ``(entry, input tensors, output tensors)`` in graph order."""
+    top = [t._keras_history[0] for t in inputs]
+    listed = {id(l) for l in top}
+    calls, seen = [], set()
+    for node in nodes:
+        nested = node.owner
+        if nested is None:
+            entry, call = node.layer, (node.layer, node.inputs, node.outputs)
+        elif id(nested) in seen:
+            continue
+        else:
+            seen.add(id(nested))
+            entry, call = nested.model, (nested.model, nested.inputs, nested.outputs)
+        calls.append(call)
+        if id(entry) not in listed:
+            listed.add(id(entry))
+            top.append(entry)
+    if layer_order is not None:
+        pos = {name: i for i, name in enumerate(layer_order)}
+        top.sort(key=lambda l: pos.get(l.name, len(pos)))
+    names, dup = set(), set()
+    for entry in top:
+        (dup if entry.name in names else names).add(entry.name)
+    if dup:
+        raise ValueError(f"Model: layer names must be unique, but {sorted(dup)} are used by "
+                         f"more than one layer; pass name= to the layers")
+    owner = {}   # each weight is bound once: a layer belongs to one entry
+    for entry in top:
+        for layer in _compute_layers(entry):
+            other = owner.setdefault(id(layer), entry)
+            if other is not entry:
+                raise ValueError(f"Model: layer {layer.name} is used both by {other.name} and "
+                                 f"by {entry.name}; a layer may belong to one nested model "
+                                 f"(or to the outer model) only")
+    return top, calls
+
+
+def entry_shape_text(entry):
+    """The summary's output shape of a layer or of a nested model."""
+    if isinstance(entry, Model):
+        return str(entry.output_shape) if entry.built else "?"
+    return _shape_text(entry)
 
 
 class Functional(Model):
@@ -106,24 +253,17 @@ class Functional(Model):
                              f"every input must be used")
         nodes.sort(key=lambda nd: nd.id)
 
-        # layers: inputs first (in ``inputs`` order), then by first call
+        # the layers the steps run: inputs first (in ``inputs`` order), then by first call
         layers = [t._keras_history[0] for t in inputs]
         listed = {id(l) for l in layers}
         for node in nodes:
             if id(node.layer) not in listed:
                 listed.add(id(node.layer))
                 layers.append(node.layer)
-        if layer_order is not None:   # from_config: the saved order (weights follow it)
-            pos = {name: i for i, name in enumerate(layer_order)}
-            layers.sort(key=lambda l: pos.get(l.name, len(pos)))
-        names, dup = set(), set()
-        for layer in layers:
-            (dup if layer.name in names else names).add(layer.name)
-        dup = sorted(dup)
-        if dup:
-            raise ValueError(f"Model: layer names must be unique, but {dup} are used by more "
-                             f"than one layer; pass name= to the layers")
         self._graph_layers = layers
+        # what ``layers``, the weights, the summary and the config show: a nested model is one
+        # entry there (its layers run as part of this graph)
+        self._top_layers, self._calls = _top_level(inputs, nodes, layer_order)
         self._nodes = nodes
         self._inputs, self._outputs = inputs, outputs
 
@@ -172,6 +312,12 @@ class Functional(Model):
         self._sum_buffers, self._zero_buffers = {}, {}
         self._fusable = [False] * len(outputs)
         self._bsteps, self._dead_layers = [], []
+        # None sizes in the inputs: the graph runs as per-shape copies (see _graph_for)
+        self._dynamic = any(None in s for s in self._input_shapes)
+        self._symbolic_outputs = list(self._output_shapes)
+        self._shape_graphs = OrderedDict()
+        self._running = self
+        self._generation = 0
 
     def _plan_inference(self):
         """Inference steps: ``(..., folded)`` where ``folded`` is None (run the layer) or
@@ -223,7 +369,7 @@ class Functional(Model):
 
     @property
     def layers(self):
-        return list(self._graph_layers)
+        return list(self._top_layers)
 
     @property
     def inputs(self):
@@ -241,13 +387,100 @@ class Functional(Model):
     def output(self):
         return self._outputs[0] if len(self._outputs) == 1 else list(self._outputs)
 
+    # -- used as a layer of another model ------------------------------------------------------
+    def __call__(self, x, training=False):
+        """On symbolic tensors: nest this model in the model being built (its layers are called
+        on ``x`` and keep their weights: both models share them); returns the output
+        tensor(s).  On arrays: the eager forward pass (``Model.__call__``)."""
+        from fastnet.layers.base import _has_symbolic
+        if _has_symbolic(x):
+            return self._call_nested(x)
+        return Model.__call__(self, x, training=training)
+
+    def _call_nested(self, x):
+        tensors, _ = _tensor_list(x, f"the input of model {self.name}")
+        if not self.built and len(tensors) == 1:   # a Sequential without an input shape yet
+            self.build((None,) + tuple(tensors[0].shape[1:]))
+        if len(tensors) != len(self._inputs):
+            raise ValueError(f"model {self.name} takes {len(self._inputs)} input(s), got "
+                             f"{len(tensors)}")
+        for i, (t, own) in enumerate(zip(tensors, self._inputs)):
+            if tuple(t.shape[1:]) != tuple(own.shape[1:]):
+                raise ValueError(f"model {self.name}: input {i} must have shape "
+                                 f"{(None,) + tuple(own.shape[1:])}, got {t.shape}")
+        call = _NestedCall(self, tensors)
+        mapping = {id(own): t for own, t in zip(self._inputs, tensors)}
+        for node in self._nodes:
+            args = [mapping[id(t)] for t in node.inputs]
+            out = node.layer(args if node.layer.multi_input else args[0])
+            outs = out if isinstance(out, list) else [out]
+            outs[0].node.owner = call
+            mapping.update(zip(map(id, node.outputs), outs))
+        call.outputs = [mapping[id(t)] for t in self._outputs]
+        return call.outputs[0] if self._single_output else list(call.outputs)
+
+    @property
+    def trainable(self):
+        """False freezes every layer of the model (also where it is nested), as in Keras."""
+        return self.__dict__.get("_trainable", True)
+
+    @trainable.setter
+    def trainable(self, value):
+        self._trainable = bool(value)
+        for layer in self.layers:
+            layer.trainable = bool(value)
+
+    @property
+    def params(self):
+        """Every weight as ``{"layer/weight": array}``, Keras order (the layer protocol)."""
+        return _NestedArrays(self, "params")
+
+    @property
+    def grads(self):
+        return _NestedArrays(self, "grads")
+
+    @property
+    def trainable_weight_names(self):
+        return [f"{l.name}/{n}" for l in self.layers for n in l.trainable_weight_names]
+
+    @property
+    def non_trainable_weight_names(self):
+        return [f"{l.name}/{n}" for l in self.layers for n in l.non_trainable_weight_names]
+
+    @property
+    def _regularizers(self):
+        return {f"{l.name}/{n}": r for l in self.layers
+                for n, r in (getattr(l, "_regularizers", None) or {}).items()}
+
+    def regularization_loss(self):
+        return float(sum(l.regularization_loss() for l in self.layers))
+
+    @property
+    def batch_input_shape(self):
+        """The per-sample input shape (one input), so Sequential([model, ...]) builds."""
+        shapes = getattr(self, "_input_shapes", None)
+        return shapes[0] if self.built and len(shapes) == 1 else None
+
+    @property
+    def multi_input(self):
+        return bool(self.built and len(self._input_shapes) > 1)
+
+    def release_buffers(self):
+        for layer in getattr(self, "_graph_layers", None) or self.layers:
+            layer.release_buffers()
+        graphs = getattr(self, "_shape_graphs", None) or {}
+        while graphs:
+            self._release_graph(graphs.popitem()[1])
+
     # -- loss-dependent plan ---------------------------------------------------------------------
     def _plan_losses(self, fusable):
+        self._generation = getattr(self, "_generation", 0) + 1
         self._fusable = list(fusable)
         self._plan_backward()
 
     def _on_rebind(self):
         if getattr(self, "_nodes", None) is not None:
+            self._generation += 1
             self._plan_backward()
 
     def _plan_backward(self):
@@ -320,8 +553,157 @@ class Functional(Model):
                 pooled[j] = layer
         return pooled
 
+    # -- None sizes: one concrete graph per input shape -----------------------------------------
+    @property
+    def output_shape(self):
+        """(None, *shape) of the output (None where a size follows the inputs'); a list of
+        them for several outputs."""
+        if not self.built:
+            return None
+        shapes = [(None,) + tuple(s) for s in self._symbolic_outputs]
+        return shapes[0] if len(shapes) == 1 else shapes
+
+    def _check_x(self, x, what):
+        """Model._check_x against the inputs' shapes with each None size taken from ``x``;
+        selects the concrete graph for those shapes (its output shapes serve the targets)."""
+        if not (self.built and self._dynamic):
+            return Model._check_x(self, x, what)
+        symbolic = self._input_shapes
+        concrete = []
+        for v, sym in zip(self._as_list(x, self.input_names, what, "input"), symbolic):
+            shape = getattr(v, "shape", None)
+            if shape is None:
+                try:
+                    shape = np.shape(v)
+                except ValueError:   # ragged nested lists: Model._check_x says what is wrong
+                    shape = ()
+            shape = tuple(shape)[1:]
+            concrete.append(tuple(d if s is None else s for s, d in zip(sym, shape))
+                            if len(shape) == len(sym) else sym)
+        with _SHAPE_LOCK:   # predict may run in several threads: one shape switch at a time
+            self._input_shapes = concrete
+            try:
+                xs = Model._check_x(self, x, what)
+            finally:
+                self._input_shapes = symbolic
+            graph = self._graph_for([v.shape[1:] for v in xs])
+            self._output_shapes = list(graph._output_shapes)
+        return xs
+
+    def compile_inference(self):
+        if self.built and self._dynamic:
+            raise ValueError(f"compile_inference: model {self.name} has None sizes in its input "
+                             f"shape(s) {self.input_shape}; a compiled model needs fixed sizes: "
+                             f"build the same layers on Input(shape=...) with fixed sizes (or "
+                             f"use predict, which plans each input shape it sees)")
+        return Model.compile_inference(self)
+
+    def predict(self, x, batch_size=None, verbose="auto"):
+        """Model.predict; with None sizes, through the compiled plans of the graph for x's
+        shapes (each call's samples share one shape)."""
+        from fastnet.data.adapter import is_dataset_like
+        if not (self.built and self._dynamic) or is_dataset_like(x):
+            return Model.predict(self, x, batch_size=batch_size, verbose=verbose)
+        from fastnet import inference
+        from fastnet.models.model import _check_batch_size, _check_verbose
+        batch_size = _check_batch_size(batch_size)
+        verbose = _check_verbose(verbose)
+        xs = self._check_x(x, "predict")
+        with _SHAPE_LOCK:
+            graph = self._graph_for([v.shape[1:] for v in xs])
+        return inference.predict(graph, xs, batch_size, verbose)
+
+    def _graph_for(self, shapes):
+        """The graph for inputs of per-sample ``shapes`` (None sizes filled): a Functional over
+        copies of this model's layers built for those shapes, sharing this model's weight and
+        gradient arrays.  The last ``_MAX_SHAPE_GRAPHS`` shapes are kept (LRU): each keeps its
+        layers' buffers and compiled inference plans, so a shape seen again allocates nothing;
+        an evicted shape's memory is released."""
+        key = tuple(tuple(int(d) for d in s) for s in shapes)
+        graph = self._shape_graphs.get(key)
+        if graph is None:
+            for i, (s, sym) in enumerate(zip(key, self._input_shapes)):
+                if len(s) != len(sym) or any(a is not None and a != b for a, b in zip(sym, s)):
+                    raise ValueError(f"model {self.name}: input {i} must have shape (batch, "
+                                     f"{', '.join(map(str, sym))}), got (batch, "
+                                     f"{', '.join(map(str, s))})")
+            graph = self._shape_graphs[key] = self._specialize(key)
+            while len(self._shape_graphs) > _MAX_SHAPE_GRAPHS:
+                self._release_graph(self._shape_graphs.popitem(last=False)[1])
+        else:
+            self._shape_graphs.move_to_end(key)
+        for layer, twin in graph._twins:
+            twin.trainable = layer.trainable
+        if graph._generation != self._generation:   # new losses or weight layout: re-plan
+            graph._losses = getattr(self, "_losses", None)
+            graph._plan_losses(self._fusable)
+            graph._generation = self._generation
+        self._fused_softmax = graph._fused_softmax
+        hook = self._grad_ready_hook
+        if graph._hook_source is not hook:   # report this model's layers, not the copies
+            graph._hook_source = hook
+            graph._grad_ready_hook = None if hook is None else \
+                (lambda twin, own=graph._own: hook(own[id(twin)]))
+        return graph
+
+    def _specialize(self, shapes):
+        twins, copies = [], {}
+
+        def twin_of(layer):
+            twin = copies.get(id(layer))
+            if twin is None:
+                twin = copies[id(layer)] = type(layer).from_config(layer.get_config())
+                # the same dicts: the twin reads and trains this model's arrays
+                twin.params, twin.grads = layer.params, layer.grads
+                twin._non_trainable, twin._regularizers = layer._non_trainable, \
+                    layer._regularizers
+                twin.trainable = layer.trainable
+                twin.add_weight = _borrowed_weights(layer)
+                twins.append((layer, twin))
+            return twin
+
+        inputs = [InputLayer(shape=s, dtype=t.dtype, name=t._keras_history[0].name).output
+                  for s, t in zip(shapes, self._inputs)]
+        mapping = {id(t): i for t, i in zip(self._inputs, inputs)}
+        try:
+            for node in self._nodes:
+                twin = twin_of(node.layer)
+                args = [mapping[id(t)] for t in node.inputs]
+                try:
+                    out = twin(args if twin.multi_input else args[0])
+                except ValueError as e:
+                    raise ValueError(f"model {self.name}: inputs of shape "
+                                     f"{[(None,) + s for s in shapes]} do not fit layer "
+                                     f"{node.layer.name}: {e}") from None
+                mapping.update(zip(map(id, node.outputs), out if isinstance(out, list)
+                                   else [out]))
+        finally:
+            for _, twin in twins:
+                twin.__dict__.pop("add_weight", None)
+        graph = Functional.__new__(Functional)
+        Model.__init__(graph, name=self.name)
+        graph._init_graph(inputs, [mapping[id(t)] for t in self._outputs])
+        graph.built = True
+        graph._twins, graph._generation = twins, -1
+        graph._own = {id(twin): layer for layer, twin in twins}
+        graph._hook_source = None
+        return graph
+
+    def _release_graph(self, graph):
+        """Drop an evicted shape's graph: its compiled inference plans (held by the inference
+        module per model) and the batch buffers sized for it."""
+        import sys
+        inference = sys.modules.get("fastnet.inference")
+        if inference is not None:
+            inference._predict_locals.pop(graph, None)
+        self._batch_buffers.clear()
+        self._running = self if self._running is graph else self._running
+
     # -- running ---------------------------------------------------------------------------------
     def _forward_list(self, xs, training):
+        if self._dynamic:
+            self._running = self._graph_for([x.shape[1:] for x in xs])
+            return self._running._forward_list(xs, training)
         vals = self._values
         for i, x in zip(self._input_idx, xs):
             vals[i] = x
@@ -369,6 +751,8 @@ class Functional(Model):
         return z
 
     def _backward_list(self, dys):
+        if self._dynamic:   # the graph of the last forward
+            return self._running._backward_list(dys)
         pending = self._pending
         for parts in pending:
             parts.clear()
@@ -429,23 +813,27 @@ class Functional(Model):
 
     # -- description ---------------------------------------------------------------------------
     def _node_refs(self):
-        """{id(tensor): (layer name, node index within this model, tensor index)}"""
+        """{id(tensor): (layer name, call index within this model, tensor index)}"""
         index, refs = {}, {}
         for t in self._inputs:
             refs[id(t)] = (t._keras_history[0].name, 0, 0)
-        for node in self._nodes:
-            k = index[id(node.layer)] = index.get(id(node.layer), -1) + 1
-            for j, t in enumerate(node.outputs):
-                refs[id(t)] = (node.layer.name, k, j)
+        for entry, _, outs in self._calls:
+            k = index[id(entry)] = index.get(id(entry), -1) + 1
+            for j, t in enumerate(outs):
+                refs[id(t)] = (entry.name, k, j)
         return refs
+
+    def _inbound(self, entry, refs):
+        """Per call of ``entry`` (a top-level layer or nested model): its inputs' refs."""
+        return [[refs[id(t)] for t in ins] for e, ins, _ in self._calls if e is entry]
 
     def _summary_rows(self):
         refs = self._node_refs()
         rows = [("Layer (type)", "Output Shape", "Param #", "Connected to")]
-        for layer in self._graph_layers:
-            connected = [f"{refs[id(t)][0]}[{refs[id(t)][1]}][{refs[id(t)][2]}]"
-                         for node in self._nodes if node.layer is layer for t in node.inputs]
-            rows.append((f"{layer.name} ({type(layer).__name__})", _shape_text(layer),
+        for layer in self._top_layers:
+            connected = [f"{r[0]}[{r[1]}][{r[2]}]" for call in self._inbound(layer, refs)
+                         for r in call]
+            rows.append((f"{layer.name} ({type(layer).__name__})", entry_shape_text(layer),
                          str(layer.count_params()), ", ".join(connected) or "-"))
         return rows
 
@@ -459,9 +847,8 @@ class Functional(Model):
         reference instead of a list when the model was made with a single tensor)."""
         refs = self._node_refs()
         entries = []
-        for layer in self._graph_layers:
-            inbound = [[list(refs[id(t)]) for t in node.inputs]
-                       for node in self._nodes if node.layer is layer]
+        for layer in self._top_layers:
+            inbound = [[list(r) for r in call] for call in self._inbound(layer, refs)]
             entries.append({"class_name": type(layer).__name__, "config": layer.get_config(),
                             "name": layer.name, "inbound_nodes": inbound})
         ins = [list(refs[id(t)]) for t in self._inputs]
@@ -474,7 +861,6 @@ class Functional(Model):
     def from_config(cls, config, custom_objects=None):
         """Rebuild a model from ``get_config()``: layer classes are looked up among fastnet's
         own (and ``custom_objects``), and the layers are called as recorded."""
-        from fastnet import layers as layers_mod
         from fastnet.utils import serialization as _serial
 
         def bad(why):
@@ -485,8 +871,8 @@ class Functional(Model):
         for entry in config["layers"]:
             if not isinstance(entry, dict) or not isinstance(entry.get("inbound_nodes", []), list):
                 raise bad(f"layer entry {entry!r}")
-            layer = _serial.deserialize(entry, lambda n: getattr(layers_mod, n, None), Layer,
-                                        "layer", custom_objects)
+            layer = _serial.deserialize(entry, _layer_or_model_class, (Layer, Model), "layer",
+                                        custom_objects)
             name = entry.get("name", layer.name)
             if name in created:
                 raise bad(f"layer name {name!r} appears twice")

@@ -2,7 +2,7 @@
 is a chain (built as soon as the input shape is known)."""
 from fastnet.layers.base import Layer
 from fastnet.layers.core import InputLayer, KerasTensor
-from fastnet.models.functional import Functional
+from fastnet.models.functional import Functional, _layer_or_model_class, entry_shape_text
 from fastnet.models.model import Model
 
 
@@ -38,8 +38,8 @@ class Sequential(Functional):
         """Append a layer (or an ``Input(shape)`` as the first entry)."""
         if isinstance(layer, KerasTensor):
             layer = layer._keras_history[0]
-        if not isinstance(layer, Layer):
-            raise TypeError(f"Sequential.add: expected a fastnet Layer or Input, "
+        if not isinstance(layer, (Layer, Model)):
+            raise TypeError(f"Sequential.add: expected a fastnet Layer, model or Input, "
                             f"got {type(layer).__name__}")
         if isinstance(layer, InputLayer):
             if self._layers or self._declared_input is not None:
@@ -68,10 +68,23 @@ class Sequential(Functional):
         return layer
 
     def build(self, input_shape=None):
-        """Create every weight for inputs of ``input_shape`` (batch axis first, may be None)."""
-        Model.build(self, input_shape)
+        """Create every weight for inputs of ``input_shape`` (batch axis first, may be None;
+        other sizes may be None too, e.g. (None, None, 16) for sequences of any length)."""
+        if input_shape is None or None not in tuple(input_shape)[1:]:
+            return Model.build(self, input_shape)
+        self._build_graph(tuple(None if s is None else int(s) for s in tuple(input_shape)[1:]))
+        self._bind_flat_buffers()
+        self.built = True
+        if self.compiled:
+            self._configure_loss_path()
 
-    _summary_rows = Model._summary_rows   # Keras' Sequential table: no "Connected to"
+    def _summary_rows(self):
+        """Keras' Sequential table: no "Connected to"; a nested model is one row."""
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        for layer in self._layers:
+            rows.append((f"{layer.name} ({type(layer).__name__})", entry_shape_text(layer),
+                         str(layer.count_params()) if layer.built else "?"))
+        return rows
 
     def _input_shape_declared(self):
         if self._declared_input is not None:
@@ -107,14 +120,13 @@ class Sequential(Functional):
     def from_config(cls, config, custom_objects=None):
         """Rebuild from ``get_config()``; layer classes are looked up among fastnet's own (and
         ``custom_objects``)."""
-        from fastnet import layers as layers_mod
         from fastnet.utils import serialization as _serial
         model = cls(name=config.get("name"))
         if not isinstance(config.get("layers"), list):
             raise ValueError("Sequential config needs a list of layers")
         for entry in config["layers"]:
-            model.add(_serial.deserialize(entry, lambda n: getattr(layers_mod, n, None), Layer,
-                                          "layer", custom_objects))
+            model.add(_serial.deserialize(entry, _layer_or_model_class, (Layer, Model), "layer",
+                                          custom_objects))
         if config.get("input_shape") is not None and not model.built:
             model.build((None,) + tuple(config["input_shape"]))
         return model

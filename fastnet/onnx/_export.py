@@ -19,7 +19,7 @@ class _Graph:
         self.numpy_helper = onnx.numpy_helper
         self.model, self.opset = model, opset
         self.dtype = np.dtype(model.dtype)
-        self.shapes = model._slot_shapes
+        self.shapes = dict(enumerate(model._slot_shapes))   # (+ wrappers' inner tensors)
         self.nodes, self.inits, self.used = [], [], set()
         self.value = {}       # model slot -> {layout: onnx name}; layout 'nchw' or 'nhwc'
         self.transposed = {}
@@ -35,7 +35,7 @@ class _Graph:
         return name
 
     def const(self, base, array, dtype=None):
-        array = np.ascontiguousarray(array, dtype=dtype or self.dtype)
+        array = np.array(array, dtype=dtype or self.dtype, order="C")   # 0-d stays 0-d
         name = self.fresh(base)
         self.inits.append(self.numpy_helper.from_array(array, name))
         return name
@@ -214,55 +214,235 @@ def _embedding(g, layer, ins, outs):
 # ONNX's gate order from Keras's, and the activations ONNX's recurrent ops take
 _GATE_ORDER = {"lstm": [0, 3, 1, 2], "gru": [0, 1, 2], "rnn": [0]}    # iofc <- ifco
 _RNN_ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu"}
+_RNN_OPS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+_INT64_MIN = -(1 << 63)
 
 
-def _recurrent(g, layer, ins, outs):
-    """SimpleRNN / LSTM / GRU as ONNX's RNN / LSTM / GRU (one direction, time-major inside)."""
-    cell = layer._cell if layer._cell in ("lstm", "gru") else "rnn"
-    if layer.go_backwards:
-        raise NotImplementedError(f"fastnet.onnx.export: {layer.name}: go_backwards=True has "
-                                  f"no export")
-    acts = [layer.recurrent_activation, layer.activation, layer.activation][:{
-        "lstm": 3, "gru": 2, "rnn": 1}[cell]] if cell != "rnn" else [layer.activation]
+def _cell_kind(layer):
+    return layer._cell if layer._cell in ("lstm", "gru") else "rnn"
+
+
+def _rnn_activations(layer):
+    """The ONNX activations of one direction: [f, g(, h)] in ONNX's order."""
+    cell = _cell_kind(layer)
+    acts = [layer.activation] if cell == "rnn" else \
+        [layer.recurrent_activation, layer.activation, layer.activation][:{"lstm": 3, "gru": 2}[
+            cell]]
     if any(a not in _RNN_ACTIVATIONS for a in acts):
         raise NotImplementedError(f"fastnet.onnx.export: {layer.name}: activations {acts} have "
                                   f"no ONNX recurrent equivalent")
+    return [_RNN_ACTIVATIONS[a] for a in acts]
+
+
+def _rnn_weights(layer):
+    """(W, R, B) of one direction in ONNX's layout and gate order: (G*u, in), (G*u, u),
+    (2*G*u,) (input bias, then recurrent bias)."""
+    cell = _cell_kind(layer)
     u, order = layer.units, _GATE_ORDER[cell]
     p = layer.params
 
     def gates(m):           # (..., G*u) blocks reordered, as (G*u, ...) rows
         return np.concatenate([m[..., i * u:(i + 1) * u] for i in order], axis=-1)
-    base = layer.name
-    w = g.const(f"{base}.kernel", gates(p["kernel"]).T[None])
-    r = g.const(f"{base}.recurrent_kernel", gates(p["recurrent_kernel"]).T[None])
-    bias = p.get("bias")
     gu = len(order) * u
+    bias = p.get("bias")
     if bias is None:
-        b = np.zeros(2 * gu)
+        b = np.zeros(2 * gu, p["kernel"].dtype)
     elif bias.ndim == 2:    # GRU reset_after: [input bias, recurrent bias]
         b = np.concatenate([gates(bias[0]), gates(bias[1])])
     else:
-        b = np.concatenate([gates(bias), np.zeros(gu)])
-    x = g.node("Transpose", [g.get(ins[0], "nhwc")], base + "_time_major", perm=[1, 0, 2])
-    attrs = dict(hidden_size=u, activations=[_RNN_ACTIVATIONS[a] for a in acts])
+        b = np.concatenate([gates(bias), np.zeros(gu, bias.dtype)])
+    return gates(p["kernel"]).T, gates(p["recurrent_kernel"]).T, b
+
+
+def _rnn_node(g, rnn_layers, direction, x, base, sequence, states):
+    """One ONNX RNN / GRU / LSTM node over the time-major x running ``rnn_layers`` (one for
+    'forward' / 'reverse', [forward, backward] for 'bidirectional'); returns, per direction,
+    (its sequence (T, N, u) in input order, or None unless ``sequence``; the first ``states``
+    of [h, (c)] (N, u)).  Only what is used is picked out: the importer reads the use."""
+    first = rnn_layers[0]
+    cell = _cell_kind(first)
+    ws = [_rnn_weights(layer) for layer in rnn_layers]
+    attrs = dict(hidden_size=first.units, direction=direction,
+                 activations=[a for layer in rnn_layers for a in _rnn_activations(layer)])
     if cell == "gru":
-        attrs["linear_before_reset"] = int(bool(layer.reset_after))
+        attrs["linear_before_reset"] = int(bool(first.reset_after))
     n_out = 3 if cell == "lstm" else 2
-    op = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cell]
-    res = g.node(op, [x, w, r, g.const(f"{base}.bias", b[None])], base + "_cell", n_out=n_out,
-                 **attrs)
-    axes0 = g.const(f"{base}.axis0", [0], dtype=np.int64)
-    states = [g.node("Squeeze", [res[k], axes0], f"{base}_state{k}") for k in
-              range(1, n_out)]
-    if layer.return_sequences:
-        seq = g.node("Squeeze", [res[0], g.const(f"{base}.axis1", [1], dtype=np.int64)],
-                     base + "_sequence")
-        y = g.node("Transpose", [seq], base, perm=[1, 0, 2])
-    else:
-        y = states[0]
+    res = g.node(_RNN_OPS[cell], [x, g.const(f"{base}.kernel", [w for w, _, _ in ws]),
+                                  g.const(f"{base}.recurrent_kernel", [r for _, r, _ in ws]),
+                                  g.const(f"{base}.bias", [b for _, _, b in ws])],
+                 base + "_cell", n_out=n_out, **attrs)
+    if len(rnn_layers) == 1:        # the direction axis squeezed
+        axes0 = g.const(f"{base}.axis0", [0], dtype=np.int64)
+        axes1 = g.const(f"{base}.axis1", [1], dtype=np.int64)
+        return [(g.node("Squeeze", [res[0], axes1], base + "_sequence") if sequence else None,
+                 [g.node("Squeeze", [res[k], axes0], f"{base}_state{k}")
+                  for k in range(1, 1 + min(states, n_out - 1))])]
+    out = []
+    for d, tag in enumerate(("forward", "backward")):   # direction d picked out
+        index = g.const(f"{base}.{tag}_index", d, dtype=np.int64)
+        out.append((g.node("Gather", [res[0], index], f"{base}_{tag}_sequence", axis=1)
+                    if sequence else None,
+                    [g.node("Gather", [res[k], index], f"{base}_{tag}_state{k}", axis=0)
+                     for k in range(1, 1 + min(states, n_out - 1))]))
+    return out
+
+
+def _reverse_time(g, x, base):
+    """x (T, N, u) with its steps in reverse order."""
+    return g.node("Slice", [x, g.const(base + ".start", [-1], dtype=np.int64),
+                            g.const(base + ".end", [_INT64_MIN], dtype=np.int64),
+                            g.const(base + ".axes", [0], dtype=np.int64),
+                            g.const(base + ".steps", [-1], dtype=np.int64)], base)
+
+
+def _batch_major(g, seq, reverse, base):
+    if reverse:
+        seq = _reverse_time(g, seq, base + "_reversed")
+    return g.node("Transpose", [seq], base, perm=[1, 0, 2])
+
+
+def _time_major(g, slot, base):
+    return g.node("Transpose", [g.get(slot, "nhwc")], base + "_time_major", perm=[1, 0, 2])
+
+
+def _states_used(layer):
+    """How many of [h, (c)] a recurrent layer (or Bidirectional) outputs: all with
+    return_state, else h alone when it is the output, else none."""
+    return 2 if layer.return_state else int(not layer.return_sequences)
+
+
+def _recurrent(g, layer, ins, outs):
+    """SimpleRNN / LSTM / GRU as ONNX's RNN / LSTM / GRU (time-major inside); go_backwards
+    is ONNX's 'reverse' direction, whose sequence (in input order) Keras returns reversed."""
+    base = layer.name
+    (seq, states), = _rnn_node(g, [layer], "reverse" if layer.go_backwards else "forward",
+                               _time_major(g, ins[0], base), base, layer.return_sequences,
+                               _states_used(layer))
+    y = _batch_major(g, seq, layer.go_backwards, base) if layer.return_sequences else states[0]
     g.put(outs[0], y)
     for slot, state in zip(outs[1:], states):
         g.put(slot, state)
+
+
+def _same_cell(f, b):
+    """Whether one ONNX 'bidirectional' node can run both layers (the activations and the
+    use of a bias may differ per direction)."""
+    return type(f) is type(b) and f.units == b.units and \
+        getattr(f, "reset_after", None) == getattr(b, "reset_after", None)
+
+
+def _bidirectional(g, layer, ins, outs):
+    """Bidirectional: one ONNX node with direction 'bidirectional', the backward sequence in
+    input order as Keras aligns it, then the merge.  A backward_layer of another type, units
+    or reset_after, or a wrapped go_backwards layer, takes one node per direction (which
+    ``import_model`` does not read back)."""
+    layer._sync()
+    f, b = layer.forward_layer, layer.backward_layer
+    base = layer.name
+    x = _time_major(g, ins[0], base)
+    if _same_cell(f, b) and not f.go_backwards:
+        dirs = _rnn_node(g, [f, b], "bidirectional", x, base, layer.return_sequences,
+                         _states_used(layer))
+    else:
+        dirs = [_rnn_node(g, [r], "reverse" if r.go_backwards else "forward", x, r.name,
+                          layer.return_sequences, _states_used(layer))[0] for r in (f, b)]
+    ys = []
+    for (seq, states), r, reverse in ((dirs[0], f, f.go_backwards),
+                                      (dirs[1], b, not b.go_backwards)):
+        ys.append(_batch_major(g, seq, reverse, r.name + "_output")
+                  if layer.return_sequences else states[0])
+    mode = layer.merge_mode
+    if mode is None:
+        merged = ys
+    elif mode == "concat":
+        merged = [g.node("Concat", ys, base, axis=-1)]
+    elif mode == "ave":
+        merged = [g.node("Mul", [g.node("Add", ys, base + "_sum"),
+                                 g.const(base + ".half", 0.5)], base)]
+    else:
+        merged = [g.node({"sum": "Add", "mul": "Mul"}[mode], ys, base)]
+    state_names = [s for _, states in dirs for s in states] if layer.return_state else []
+    for slot, name in zip(outs, merged + state_names):
+        g.put(slot, name)
+
+
+def _time_distributed(g, layer, ins, outs):
+    """TimeDistributed: the inner layer's graph on (batch * steps, ...), reshaped back."""
+    layer._sync()
+    inner = layer.layer
+    fn = g.table.get(type(inner))
+    if fn is None:
+        raise NotImplementedError(f"fastnet.onnx.export: layer {layer.name} "
+                                  f"(TimeDistributed of {inner.name}: {type(inner).__name__}) "
+                                  f"has no ONNX export")
+    shape_in, shape_out = g.shapes[ins[0]], g.shapes[outs[0]]
+    base = layer.name
+    v_in, v_out = ("steps_in", base), ("steps_out", base)    # (batch * steps, ...) tensors
+    g.shapes[v_in], g.shapes[v_out] = tuple(shape_in[1:]), tuple(shape_out[1:])
+    g.put(v_in, g.node("Reshape", [g.get(ins[0], "nhwc"), g.const(
+        f"{base}.merged_shape", [-1] + list(shape_in[1:]), dtype=np.int64)], base + "_merged"))
+    fn(g, inner, [v_in], [v_out])
+    g.put(outs[0], g.node("Reshape", [g.get(v_out, "nhwc"), g.const(
+        f"{base}.shape", [-1] + list(shape_out), dtype=np.int64)], base))
+
+
+def _conv_transpose(g, layer, ins, outs):
+    """Conv2DTranspose as ONNX's ConvTranspose: Keras crops the full transposed convolution
+    ((H - 1) * s + k_eff) at TensorFlow's 'same' padding-before; ONNX's pads crop the same,
+    and output_padding extends the end where Keras's output is longer than the full one."""
+    (h, w, _), (oh, ow, _) = g.shapes[ins[0]], g.shapes[outs[0]]
+    begin, end, extra = [], [], []
+    for size, o, k, s, d in zip((h, w), (oh, ow), layer.kernel_size, layer.strides,
+                                layer.dilation_rate):
+        full = (size - 1) * s + (k - 1) * d + 1
+        b = max(full - o, 0) // 2
+        e = full - o - b
+        begin.append(b)
+        end.append(max(e, 0))
+        extra.append(max(-e, 0))
+    base = layer.name
+    inputs = [g.get(ins[0], "nchw"), g.const(f"{base}.kernel",
+                                             layer.params["kernel"].transpose(3, 2, 0, 1))]
+    if layer.params.get("bias") is not None:
+        inputs.append(g.const(f"{base}.bias", layer.params["bias"]))
+    y = g.node("ConvTranspose", inputs, base, kernel_shape=list(layer.kernel_size),
+               strides=list(layer.strides), dilations=list(layer.dilation_rate),
+               pads=begin + end, output_padding=extra)
+    _finish(g, layer, y, outs, 4)
+
+
+def _affine_scaling(g, layer, ins, outs):
+    """Normalization / MinMaxScaling: y = x * scale + shift, the constants broadcast over the
+    kept axes exactly as the layer computes them."""
+    scale, shift = layer._scale_shift()
+    shape = layer._broadcast
+    base = layer.name
+    y = g.node("Mul", [g.get(ins[0], "nhwc"), g.const(f"{base}.scale", scale.reshape(shape))],
+               base + "_scaled")
+    g.put(outs[0], g.node("Add", [y, g.const(f"{base}.shift", shift.reshape(shape))], base))
+
+
+def _random_crop(g, layer, ins, outs):
+    """RandomCrop at inference: the centre window of the image padded with fill_value."""
+    h, w, _ = g.shapes[ins[0]]
+    ph, pw = layer._pad
+    layout = g.layout_of(ins[0])
+    hw_axes = [2, 3] if layout == "nchw" else [1, 2]
+    base = layer.name
+    x = g.get(ins[0], layout)
+    if ph or pw:
+        pads = [0] * 8
+        pads[hw_axes[0]] = pads[hw_axes[0] + 4] = ph
+        pads[hw_axes[1]] = pads[hw_axes[1] + 4] = pw
+        x = g.node("Pad", [x, g.const(f"{base}.pads", pads, dtype=np.int64),
+                           g.const(f"{base}.fill_value", layer.fill_value)], base + "_padded",
+                   mode="constant")
+    top, left = (h + 2 * ph - layer.height) // 2, (w + 2 * pw - layer.width) // 2
+    y = g.node("Slice", [x, g.const(f"{base}.starts", [top, left], dtype=np.int64),
+                         g.const(f"{base}.ends", [top + layer.height, left + layer.width],
+                                 dtype=np.int64),
+                         g.const(f"{base}.axes", hw_axes, dtype=np.int64)], base)
+    g.put(outs[0], y, layout)
 
 
 def _dense(g, layer, ins, outs):
@@ -296,8 +476,9 @@ def _pool(g, layer, ins, outs):
 
 
 def _global_pool(g, layer, ins, outs):
-    from fastnet.layers.pooling import GlobalAveragePooling2D
-    op = "GlobalAveragePool" if isinstance(layer, GlobalAveragePooling2D) else "GlobalMaxPool"
+    """Global{Average,Max}Pooling{1,2}D: ONNX's global pools over every axis after the
+    channels (steps, or height and width)."""
+    op = "GlobalAveragePool" if "Average" in type(layer).__name__ else "GlobalMaxPool"
     y = g.node(op, [g.get(ins[0], "nchw")], layer.name + ("" if layer.keepdims else "_4d"))
     if layer.keepdims:
         g.put(outs[0], y, "nchw")                   # (N, C, 1, 1)
@@ -397,6 +578,35 @@ def _concatenate(g, layer, ins, outs):
           layout)
 
 
+def _dot(g, layer, ins, outs):
+    """Dot as one Einsum (batch letter shared, the dot axes contracted), after the L2
+    normalization x / max(||x||, 1e-7) along each dot axis when ``normalize``."""
+    base = layer.name
+    ranks = [g.rank(s) for s in ins]
+    axes = [a + 1 for a in layer._axes]        # with the batch axis
+    xs = []
+    for i, (slot, ax) in enumerate(zip(ins, axes)):
+        x = g.get(slot, "nhwc")
+        if layer.normalize:
+            sq = g.node("ReduceSum", [g.node("Mul", [x, x], f"{base}_sq{i}"),
+                                      g.const(f"{base}.axis{i}", [ax], dtype=np.int64)],
+                        f"{base}_sumsq{i}", keepdims=1)
+            norm = g.node("Max", [g.node("Sqrt", [sq], f"{base}_norm{i}"),
+                                  g.const(f"{base}.epsilon", layer._EPSILON)],
+                          f"{base}_floored{i}")
+            x = g.node("Div", [x, norm], f"{base}_unit{i}")
+        xs.append(x)
+    letters = iter("cdefghijlmnopqrstuvwxyz")    # b: batch, k: the contracted axis
+    terms = ["b" + "".join("k" if a == ax else next(letters) for a in range(1, rank))
+             for rank, ax in zip(ranks, axes)]
+    out = "b" + "".join(t[1:].replace("k", "") for t in terms)
+    y = g.node("Einsum", xs, base + ("_dot" if out == "b" else ""),
+               equation=f"{terms[0]},{terms[1]}->{out}")
+    if out == "b":      # nothing left but the batch: (batch, 1), as Keras
+        y = g.node("Unsqueeze", [y, g.const(f"{base}.axis", [1], dtype=np.int64)], base)
+    g.put(outs[0], y)
+
+
 def _exporters():
     from fastnet.layers import merge
     from fastnet.layers.activation_layers import ELU, GELU, LeakyReLU, ReLU, Softmax
@@ -414,14 +624,17 @@ def _exporters():
     for cls in (Activation, ReLU, LeakyReLU, ELU, GELU, Softmax):
         table[cls] = _activation_layer
     from fastnet.preprocessing import augmentation
-    from fastnet.preprocessing.scaling import Rescaling
-    table[Rescaling] = _rescaling
-    from fastnet.layers import (GRU, LSTM, Conv1D, DepthwiseConv2D, Embedding,
-                                SeparableConv2D, SimpleRNN, UpSampling2D)
+    from fastnet.preprocessing.scaling import MinMaxScaling, Normalization, Rescaling
+    table.update({Rescaling: _rescaling, Normalization: _affine_scaling,
+                  MinMaxScaling: _affine_scaling, augmentation.RandomCrop: _random_crop})
+    from fastnet.layers import (GRU, LSTM, Bidirectional, Conv1D, Conv2DTranspose,
+                                DepthwiseConv2D, Embedding, SeparableConv2D, SimpleRNN,
+                                TimeDistributed, UpSampling2D)
     table.update({DepthwiseConv2D: _depthwise, SeparableConv2D: _separable, Conv1D: _conv1d,
                   UpSampling2D: _upsampling, Embedding: _embedding, LSTM: _recurrent,
-                  GRU: _recurrent, SimpleRNN: _recurrent})
-    for name in dir(augmentation):      # identities at inference (RandomCrop excepted)
+                  GRU: _recurrent, SimpleRNN: _recurrent, Conv2DTranspose: _conv_transpose,
+                  Bidirectional: _bidirectional, TimeDistributed: _time_distributed})
+    for name in dir(augmentation):      # identities at inference (RandomCrop: centre crop)
         cls = getattr(augmentation, name)
         if isinstance(cls, type) and issubclass(cls, augmentation.BaseRandomLayer) and \
                 cls is not augmentation.RandomCrop:
@@ -429,7 +642,43 @@ def _exporters():
     for cls in (merge.Add, merge.Subtract, merge.Multiply, merge.Average, merge.Maximum,
                 merge.Minimum):
         table[cls] = _merge
+    if hasattr(merge, "Dot"):
+        table[merge.Dot] = _dot
+    import fastnet.layers as layers_mod
+    for name in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
+        if hasattr(layers_mod, name):
+            table[getattr(layers_mod, name)] = _global_pool
     return table
+
+
+def _emit_nodes(g, model, slot_of):
+    """The ONNX nodes of every layer call of ``model``, its slots named by ``slot_of``."""
+    from fastnet.models.functional import Functional
+    for layer, _, ins, outs, _, multi_out, _ in model._node_info:
+        ins, outs = [slot_of(s) for s in ins], [slot_of(s) for s in outs]
+        if isinstance(layer, Functional):
+            _nested(g, layer, ins, outs)
+            continue
+        fn = g.table.get(type(layer))
+        if fn is None or (multi_out and fn not in (_recurrent, _bidirectional)):
+            raise NotImplementedError(f"fastnet.onnx.export: layer {layer.name} "
+                                      f"({type(layer).__name__}) has no ONNX export")
+        fn(g, layer, ins, outs)
+
+
+def _nested(g, model, ins, outs):
+    """A model used as a layer: its graph inlined on tensors of its own (one set per call)."""
+    call = g.fresh(model.name)
+
+    def slot_of(slot):
+        return ("nested", call, slot)
+    for slot, shape in enumerate(model._slot_shapes):
+        g.shapes[slot_of(slot)] = shape
+    for outer, inner in zip(ins, model._input_idx):
+        g.value[slot_of(inner)] = dict(g.value[outer])
+    _emit_nodes(g, model, slot_of)
+    for outer, inner in zip(outs, model._output_idx):
+        g.value[outer] = dict(g.value[slot_of(inner)])
 
 
 def to_onnx(model, opset=17):
@@ -446,7 +695,7 @@ def to_onnx(model, opset=17):
                          f"{onnx.defs.onnx_opset_version()}], got {opset!r}")
     g = _Graph(model, int(opset))
     elem = onnx_dtype(g.dtype)
-    table = _exporters()
+    g.table = _exporters()
     inputs = []
     for slot, name in zip(model._input_idx, model.input_names):
         name = g.fresh(name)
@@ -454,12 +703,7 @@ def to_onnx(model, opset=17):
         inputs.append(g.helper.make_tensor_value_info(name, elem, ["batch"] + list(
             g.shapes[slot])))
     out_names = [g.fresh(name) for name in model.output_names]    # reserved for the outputs
-    for layer, _, ins, outs, _, multi_out, _ in model._node_info:
-        fn = table.get(type(layer))
-        if fn is None or (multi_out and fn is not _recurrent):
-            raise NotImplementedError(f"fastnet.onnx.export: layer {layer.name} "
-                                      f"({type(layer).__name__}) has no ONNX export")
-        fn(g, layer, list(ins), list(outs))
+    _emit_nodes(g, model, lambda slot: slot)
     outputs = []
     for slot, out_name in zip(model._output_idx, out_names):
         g.nodes.append(g.helper.make_node("Identity", [g.get(slot, "nhwc")], [out_name],
@@ -477,15 +721,21 @@ def export(model, path, opset=17):
     """Write ``model`` (built; Sequential or functional) as an ONNX file at ``path``
     (atomically) and return the ``onnx.ModelProto``.
 
-    Every layer ONNX can express is exported: Conv2D (dilated, grouped), DepthwiseConv2D,
-    SeparableConv2D, Conv1D (causal too), Dense, Max/AveragePooling2D, the global poolings,
-    UpSampling2D, BatchNormalization, ZeroPadding2D, Flatten, Reshape, Embedding, SimpleRNN /
-    LSTM / GRU (not go_backwards; return_state too), Rescaling, Dropout and the
-    random augmentation layers (identities at inference; RandomCrop is not exported),
-    the activations and activation layers (GELU as ``Gelu`` from opset 20, as Erf/Tanh
-    arithmetic before), and the merge layers (Add, Subtract, Multiply, Average, Maximum,
-    Minimum, Concatenate).  Inputs and outputs keep fastnet's names, NHWC layout and dtype,
-    with a symbolic batch axis.  ``opset`` >= 13.
+    Every layer ONNX can express is exported: Conv2D (dilated, grouped), Conv2DTranspose
+    (ConvTranspose; 'valid' / 'same', output_padding, dilation), DepthwiseConv2D,
+    SeparableConv2D, Conv1D (causal too), Dense, Max/AveragePooling2D, the global poolings
+    (1-D and 2-D), UpSampling2D, BatchNormalization, ZeroPadding2D, Flatten, Reshape,
+    Embedding, SimpleRNN / LSTM / GRU (go_backwards and return_state too), Bidirectional (one
+    'bidirectional' ONNX node; every merge mode), TimeDistributed (of any exportable layer,
+    over batch * steps), Rescaling, Normalization and MinMaxScaling (Mul + Add), Dropout,
+    RandomCrop (its inference centre crop: Pad + Slice) and the other random augmentation
+    layers (identities at inference), the activations and activation layers (GELU as
+    ``Gelu`` from opset 20, as Erf/Tanh arithmetic before), and the merge layers (Add,
+    Subtract, Multiply, Average, Maximum, Minimum, Concatenate, Dot (an Einsum)); models used
+    as layers are inlined (``import_model`` gives back one flat model).  Any other
+    layer (a custom one) raises
+    NotImplementedError naming it, before anything is written.  Inputs and outputs keep
+    fastnet's names, NHWC layout and dtype, with a symbolic batch axis.  ``opset`` >= 13.
     """
     from fastnet.utils.files import atomic_write
     proto = to_onnx(model, opset)

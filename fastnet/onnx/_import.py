@@ -9,6 +9,15 @@ Every ONNX value is represented by a fastnet tensor and a layout:
               tensor whose channels-last flattening the fastnet graph holds; only a dense layer
               may read it (its kernel rows are permuted to fastnet's order).
 
+Recurrent ops' outputs carry transient layouts that only the expected reader accepts
+(``_LAYOUT_READERS``): ``time_major`` (T, N, C), ``rnn_seq`` / ``rnn_state`` (a one-direction
+op's Y / Y_h, Y_c), ``*_rev`` (a 'reverse' op's sequence in input order, which Keras's
+go_backwards layer returns reversed), ``rnn_seq2`` / ``rnn_state2`` (a bidirectional op's
+outputs: the vid is the pair (forward, backward)).
+
+A Reshape (N, T, ...) -> (N * T, ...) starts per-step tensors (``self.td``): layers applied
+to them are recorded wrapped in TimeDistributed, until a Reshape back to (N, T, ...).
+
 Transposes between the two 4-D layouts cost nothing (the layout changes), so the NHWC <-> NCHW
 transposes of an exported graph vanish on import.  Nodes are first lowered to a list of layer
 calls; a chain becomes a Sequential model, anything else a functional Model.
@@ -20,7 +29,11 @@ import numpy as np
 from fastnet.onnx._common import channels_first, channels_last, require_onnx
 
 _CHANNELS_FIRST_OPS = frozenset(("Conv", "MaxPool", "AveragePool", "GlobalAveragePool",
-                                 "GlobalMaxPool", "BatchNormalization", "Pad"))
+                                 "GlobalMaxPool", "BatchNormalization", "Pad", "ConvTranspose"))
+_RNN_OPS = frozenset(("LSTM", "GRU", "RNN"))
+_LAYOUT_READERS = {"time_major": {"Transpose"} | _RNN_OPS, "time_major_rev": {"Slice"},
+                   "rnn_seq": {"Squeeze"}, "rnn_state": {"Squeeze"}, "rnn_seq_rev": {"Squeeze"},
+                   "rnn_seq2": {"Gather"}, "rnn_state2": {"Gather"}, "batch_only": {"Unsqueeze"}}
 
 
 def _text(v):
@@ -65,6 +78,7 @@ class _Importer:
         self.names = set()
         self.dtype = None
         self.chw = {}             # vid of a chw_flat value -> the (h, w, c) it flattens
+        self.td = {}              # vid of a per-step tensor -> (vid of (N, T, ...), T)
 
     # -- helpers -------------------------------------------------------------------------------
     def fail(self, node, why):
@@ -85,6 +99,10 @@ class _Importer:
             if name in self.consts:
                 raise self.fail(node, f"input {name!r} is a constant where a tensor is expected")
             raise self.fail(node, f"input {name!r} is not produced by a supported node")
+        readers = _LAYOUT_READERS.get(v.layout)
+        if readers is not None and node.op_type not in readers | {"Identity", "Dropout"}:
+            raise self.fail(node, f"input {name!r} is a recurrent op's {v.layout} output, which "
+                                  f"only {sorted(readers)} may read here")
         return v
 
     def new_vid(self, shape):
@@ -101,6 +119,8 @@ class _Importer:
     def call(self, layer, in_vids, weights=None):
         """Record ``layer`` applied to ``in_vids``; returns the output vid (a list of them for
         a layer with several outputs)."""
+        if any(v in self.td for v in in_vids):
+            return self._call_per_step(layer, in_vids, weights)
         shapes = [self.shapes[v] for v in in_vids]
         out = layer.compute_output_shape(shapes if layer.multi_input else shapes[0])
         several = isinstance(out, list)
@@ -109,6 +129,24 @@ class _Importer:
         if weights is not None:
             self.weights[id(layer)] = (layer, [np.asarray(w) for w in weights])
         return vids if several else vids[0]
+
+    def _call_per_step(self, layer, in_vids, weights):
+        """``layer`` on per-step tensors (batch * steps, ...): TimeDistributed(layer) on the
+        (batch, steps, ...) tensor; returns the per-step output vid."""
+        if len(in_vids) != 1 or layer.multi_input:
+            raise NotImplementedError(f"import_model: {type(layer).__name__} reads tensors whose "
+                                      f"batch axis merges the steps of a sequence: only "
+                                      f"single-input layers are supported there")
+        outer, steps = self.td[in_vids[0]]
+        inner = layer.compute_output_shape(self.shapes[in_vids[0]])
+        if isinstance(inner, list):
+            raise NotImplementedError(f"import_model: {type(layer).__name__} has several "
+                                      f"outputs and reads a per-step tensor")
+        wrapper = self.layers_mod.TimeDistributed(layer)
+        out = self.call(wrapper, [outer], weights)
+        vid = self.new_vid(inner)
+        self.td[vid] = (out, steps)
+        return vid
 
     def only_consumer(self, name, op_type):
         """The single node reading ``name`` if it is an ``op_type`` and ``name`` is not a graph
@@ -208,6 +246,10 @@ class _Importer:
                 raise NotImplementedError(f"import_model: output {out.name!r} is a "
                                           f"channels-first flattening, which fastnet's NHWC "
                                           f"graph does not hold")
+            if v.layout in _LAYOUT_READERS or v.vid in self.td:
+                raise NotImplementedError(f"import_model: output {out.name!r} is a "
+                                          f"{'per-step' if v.vid in self.td else v.layout} "
+                                          f"tensor, which no fastnet layer outputs")
             outputs.append((v.vid, out.name))
         return self.build(outputs)
 
@@ -299,6 +341,115 @@ class _Importer:
         weights = [kernel] + ([bias] if bias is not None else [])
         self.values[out_name] = _Value(self.call(layer, [vid], weights), "nchw")
 
+    def _op_ConvTranspose(self, node):
+        """ConvTranspose (2-D, one group) -> Conv2DTranspose, when its pads and
+        output_padding crop what Keras's 'valid' or 'same' (with or without output_padding)
+        crops: the output size and the crop at the start must both agree."""
+        from fastnet.ops.conv_general import conv_transpose_output_length
+        v = self.value(node, node.input[0])
+        self.layout_4d(node, v, "nchw")
+        a = self.attrs(node)
+        w = self.const(node, node.input[1], "kernel")
+        h, wd, c = self.shapes[v.vid]
+        if w.ndim != 4 or w.shape[0] != c or int(a.get("group", 1)) != 1:
+            raise self.fail(node, f"needs a 2-D kernel (in, out, kh, kw) with in = {c} and one "
+                                  f"group (got kernel {w.shape}, group={a.get('group', 1)})")
+        if _text(a.get("auto_pad", "NOTSET")) not in ("NOTSET", "") or "output_shape" in a:
+            raise self.fail(node, "auto_pad and output_shape are not supported (explicit pads "
+                                  "and output_padding are)")
+        ks = tuple(int(k) for k in w.shape[2:])
+        strides = tuple(a.get("strides", [1, 1]))
+        dil = tuple(a.get("dilations", [1, 1]))
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        extra = list(a.get("output_padding", [0, 0]))
+        want, begin = [], []
+        for i, size in enumerate((h, wd)):
+            full = (size - 1) * strides[i] + (ks[i] - 1) * dil[i] + 1
+            want.append(full + extra[i] - pads[i] - pads[i + 2])
+            begin.append(pads[i])
+
+        def geometry(padding, op):
+            out = []
+            for i, size in enumerate((h, wd)):
+                o = conv_transpose_output_length(size, ks[i], strides[i], padding,
+                                                 None if op is None else op[i], dil[i])
+                full = (size - 1) * strides[i] + (ks[i] - 1) * dil[i] + 1
+                out.append((o, max(full - o, 0) // 2))
+            return out
+        target = list(zip(want, begin))
+        choices = [(p, None) for p in ("valid", "same")] + [
+            (p, (i, j)) for p in ("valid", "same") for i in range(strides[0])
+            for j in range(strides[1])]
+        match = next(((p, op) for p, op in choices if geometry(p, op) == target), None)
+        if match is None:
+            raise self.fail(node, f"pads {pads} with output_padding {extra} crop the transposed "
+                                  f"convolution differently from Keras's 'valid' or 'same'")
+        bias = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if len(node.input) > 2 and node.input[2] and bias is None:
+            raise self.fail(node, "its bias must be a constant")
+        act, out_name = self.fuse_activation(node.output[0], 1, 4)
+        layer = self.layers_mod.Conv2DTranspose(
+            w.shape[1], ks, strides=strides, padding=match[0], output_padding=match[1],
+            dilation_rate=dil, activation=act, use_bias=bias is not None, **self.kw(node))
+        weights = [w.transpose(2, 3, 1, 0)] + ([bias] if bias is not None else [])
+        self.values[out_name] = _Value(self.call(layer, [v.vid], weights), "nchw")
+
+    def _slice_args(self, node, rank):
+        """A Slice's (start, end, step) for every axis of a rank-``rank`` tensor (None for
+        the axes it leaves whole), as given (negative and clamped indices included)."""
+        if len(node.input) < 3:
+            raise self.fail(node, "needs starts and ends inputs (opset >= 10)")
+        starts, ends = (self.const(node, n, what).astype(np.int64).reshape(-1) for n, what in
+                        zip(node.input[1:3], ("starts", "ends")))
+        axes = self.const(node, node.input[3], "axes").reshape(-1) if len(node.input) > 3 and \
+            node.input[3] else np.arange(len(starts))
+        steps = self.const(node, node.input[4], "steps").reshape(-1) if len(node.input) > 4 and \
+            node.input[4] else np.ones(len(starts), np.int64)
+        per_axis = [None] * rank
+        for a, b, e, st in zip(axes, starts, ends, steps):
+            per_axis[int(a) + rank if a < 0 else int(a)] = (int(b), int(e), int(st))
+        return per_axis
+
+    def _centre_crop(self, node, v, per_axis, pad, fill_value, out_name):
+        """A Slice of a 4-D image keeping the centre window of the image padded by ``pad``
+        (rows, columns) -> RandomCrop (its inference)."""
+        shape = self.shapes[v.vid]
+        hw_axes = (2, 3) if v.layout == "nchw" else (1, 2)
+        size = []
+        for axis in range(4):
+            sl = per_axis[axis]
+            if axis not in hw_axes:
+                if sl is not None and slice(*sl).indices(1 << 62) != (0, 1 << 62, 1):
+                    raise self.fail(node, "only the spatial axes of an image may be sliced")
+                continue
+            k = hw_axes.index(axis)
+            dim = shape[k] + 2 * pad[k]
+            begin, end, step = slice(*sl).indices(dim) if sl is not None else (0, dim, 1)
+            n = end - begin
+            if step != 1 or n < 1 or begin != (dim - n) // 2:
+                raise self.fail(node, "only a centred crop of the spatial axes (RandomCrop at "
+                                      "inference) is supported")
+            size.append(n)
+        from fastnet.preprocessing.augmentation import RandomCrop
+        layer = RandomCrop(size[0], size[1], padding=tuple(pad), fill_value=fill_value,
+                           **self.kw(node))
+        self.values[out_name] = _Value(self.call(layer, [v.vid]), v.layout)
+
+    def _op_Slice(self, node):
+        v = self.value(node, node.input[0])
+        if v.layout == "time_major_rev":      # a go_backwards layer's sequence, reversed
+            per_axis = self._slice_args(node, 3)
+            steps = self.shapes[v.vid][0]
+            if per_axis[1:] != [None, None] or per_axis[0] is None or \
+                    slice(*per_axis[0]).indices(steps) != (steps - 1, -1, -1):
+                raise self.fail(node, "only the reversal of the time axis is supported here")
+            self.values[node.output[0]] = _Value(v.vid, "time_major")
+            return
+        if len(self.shapes[v.vid]) != 3 or v.layout not in ("nhwc", "nchw"):
+            raise self.fail(node, "only a centred crop of images (RandomCrop at inference) or "
+                                  "the reversal of a recurrent sequence is supported")
+        self._centre_crop(node, v, self._slice_args(node, 4), (0, 0), 0.0, node.output[0])
+
     def _op_Resize(self, node):
         a = self.attrs(node)
         v = self.value(node, node.input[0])
@@ -324,37 +475,45 @@ class _Importer:
         axes = self.consts.get(node.input[1]) if len(node.input) > 1 else \
             self.attrs(node).get("axes")
         axes = None if axes is None else [int(a) for a in np.ravel(axes)]
-        to = {("rnn_seq", (1,)): "time_major", ("rnn_state", (0,)): "nhwc"}.get(
-            (v.layout, tuple(axes or ())))
+        to = {("rnn_seq", (1,)): "time_major", ("rnn_state", (0,)): "nhwc",
+              ("rnn_seq_rev", (1,)): "time_major_rev"}.get((v.layout, tuple(axes or ())))
         if to is None:
             raise self.fail(node, "only the direction axis of a recurrent op's output may be "
                                   "squeezed")
         self.values[node.output[0]] = _Value(v.vid, to)
 
     def _recurrent(self, node, cell):
-        """ONNX RNN / GRU / LSTM (forward, batch-second, no initial states) -> SimpleRNN /
-        GRU / LSTM; the outputs in use decide return_sequences and return_state."""
+        """ONNX RNN / GRU / LSTM (batch-second, no initial states or sequence lengths) ->
+        SimpleRNN / GRU / LSTM ('forward'; go_backwards for 'reverse') or a Bidirectional of
+        them with merge_mode=None ('bidirectional'); the outputs in use decide
+        return_sequences and return_state."""
         L = self.layers_mod
         a = self.attrs(node)
         v = self.value(node, node.input[0])
-        if v.layout != "time_major" or _text(a.get("direction", "forward")) != "forward" or \
-                a.get("layout", 0) or any(n for n in list(node.input)[4:]) or \
-                a.get("clip") is not None:
-            raise self.fail(node, "needs a forward, time-major input without sequence lengths, "
-                                  "initial states or clipping")
-        w, r = (self.const(node, n, what)[0] for n, what in
-                zip(node.input[1:3], ("W", "R")))
+        direction = _text(a.get("direction", "forward"))
+        if v.layout != "time_major" or direction not in ("forward", "reverse", "bidirectional") \
+                or a.get("layout", 0) or any(n for n in list(node.input)[4:]) or \
+                a.get("clip") is not None or a.get("input_forget", 0):
+            raise self.fail(node, "needs a time-major input without sequence lengths, initial "
+                                  "states, clipping, input_forget or peepholes")
+        n_dir = 2 if direction == "bidirectional" else 1
+        w, r = (self.const(node, n, what) for n, what in zip(node.input[1:3], ("W", "R")))
         u = int(a["hidden_size"])
         order = {"lstm": [0, 3, 1, 2], "gru": [0, 1, 2], "rnn": [0]}[cell]
         inverse = list(np.argsort(order))
+        if w.shape[0] != n_dir or r.shape[0] != n_dir:
+            raise self.fail(node, f"W and R must hold {n_dir} direction(s)")
 
         def keras(m):       # (G*u, n) in ONNX's gate order -> (n, G*u) in Keras's
             return np.concatenate([m[j * u:(j + 1) * u] for j in inverse], axis=0).T
         names = {"Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu"}
+        n_act = {"lstm": 3, "gru": 2, "rnn": 1}[cell]
         acts = [_text(x) for x in a.get("activations", [])] or \
             {"lstm": ["Sigmoid", "Tanh", "Tanh"], "gru": ["Sigmoid", "Tanh"],
-             "rnn": ["Tanh"]}[cell]
-        if any(x not in names for x in acts) or (cell == "lstm" and acts[1] != acts[2]):
+             "rnn": ["Tanh"]}[cell] * n_dir
+        if len(acts) != n_act * n_dir or any(x not in names for x in acts) or \
+                (cell == "lstm" and any(acts[d * 3 + 1] != acts[d * 3 + 2]
+                                        for d in range(n_dir))):
             raise self.fail(node, f"activations {acts} have no Keras equivalent")
         b = self.consts.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
         gu = len(order) * u
@@ -363,28 +522,107 @@ class _Importer:
         seq = used[0]           # Y: the sequence; Y_h / Y_c: the last states
         state = (seq and (used[1] or used[2])) or (not seq and used[2])
         kw = dict(return_sequences=seq, return_state=state, use_bias=b is not None)
-        if cell == "rnn":
-            layer = L.SimpleRNN(u, activation=names[acts[0]], **kw, **self.kw(node))
+        cells, weights = [], []
+        name = self.kw(node)["name"]
+        for d in range(n_dir):
+            go_back = direction == "reverse" or d == 1
+            dacts = acts[d * n_act:(d + 1) * n_act]
+            dkw = dict(kw, go_backwards=go_back, dtype=self.dtype,
+                       name=name if n_dir == 1 else None)
+            if cell == "rnn":
+                layer = L.SimpleRNN(u, activation=names[dacts[0]], **dkw)
+            else:
+                dkw.update(activation=names[dacts[1]], recurrent_activation=names[dacts[0]])
+                if cell == "gru":
+                    dkw["reset_after"] = bool(a.get("linear_before_reset", 0))
+                layer = (L.GRU if cell == "gru" else L.LSTM)(u, **dkw)
+            cells.append(layer)
+            weights += [keras(w[d]), keras(r[d])]
+            if b is not None:
+                wb, rb = b[d][:gu, None], b[d][gu:, None]
+                weights.append(np.concatenate([keras(wb), keras(rb)]) if dkw.get("reset_after")
+                               else keras(wb + rb)[0])
+        merged = self._bidirectional_merge(node, seq) if n_dir == 2 and not state else None
+        if n_dir == 1:
+            layer = cells[0]
         else:
-            kw.update(activation=names[acts[1]], recurrent_activation=names[acts[0]])
-            if cell == "gru":
-                kw["reset_after"] = bool(a.get("linear_before_reset", 0))
-            layer = (L.GRU if cell == "gru" else L.LSTM)(u, **kw, **self.kw(node))
-        weights = [keras(w), keras(r)]
-        if b is not None:
-            wb, rb = b[0][:gu, None], b[0][gu:, None]
-            weights.append(np.concatenate([keras(wb), keras(rb)]) if kw.get("reset_after")
-                           else keras(wb + rb)[0])
+            layer = L.Bidirectional(cells[0], merge_mode=merged[0] if merged else None,
+                                    backward_layer=cells[1], name=name)
         out = self.call(layer, [v.vid], weights)
+        if merged:
+            self.skip.update(id(n) for n in merged[1])
+            self.values[merged[2]] = _Value(out, "nhwc")
+            return
         outs = out if isinstance(out, list) else [out]
-        if state:       # [sequence or last h, h, (c)]
-            targets = [(0, outs[0], "rnn_seq")] if seq else []
-            targets += [(i, vid, "rnn_state") for i, vid in zip((1, 2), outs[1:])]
+        if n_dir == 2:      # [y_f, y_b, states_f..., states_b...] -> per-output pairs
+            ns = (len(outs) - 2) // 2
+            pairs = [tuple(outs[:2])] + [(outs[2 + k], outs[2 + ns + k]) for k in range(ns)]
+            seq_layout, state_layout = "rnn_seq2", "rnn_state2"
         else:
-            targets = [(0, outs[0], "rnn_seq")] if seq else [(1, outs[0], "rnn_state")]
+            pairs = outs
+            seq_layout = "rnn_seq_rev" if direction == "reverse" else "rnn_seq"
+            state_layout = "rnn_state"
+        if state:       # [sequence or last h, h, (c)]
+            targets = [(0, pairs[0], seq_layout)] if seq else []
+            targets += [(i, vid, state_layout) for i, vid in zip((1, 2), pairs[1:])]
+        else:
+            targets = [(0, pairs[0], seq_layout)] if seq else [(1, pairs[0], state_layout)]
         for i, vid, layout in targets:
             if i < len(node.output) and node.output[i]:
                 self.values[node.output[i]] = _Value(vid, layout)
+
+    def _bidirectional_merge(self, node, seq):
+        """(merge_mode, nodes to skip, merged output name) when the two directions of the
+        bidirectional op ``node`` (its Y when ``seq``, else its Y_h) are only picked out
+        (Gather; Transpose to batch-major for Y) and merged as Keras's Bidirectional does
+        ('concat' on the last axis, 'sum', 'mul', 'ave'); else None."""
+        name = node.output[0 if seq else 1]
+        if name in self.graph_outputs:
+            return None
+        users = self.consumers.get(name, [])
+        picks = [None, None]
+        for user in users:
+            index = self.consts.get(user.input[1]) if user.op_type == "Gather" and \
+                len(user.input) > 1 else None
+            if index is None or np.ndim(index) != 0 or int(index) not in (0, 1) or \
+                    self.attrs(user).get("axis", 0) != (1 if seq else 0) or picks[int(index)]:
+                return None
+            picks[int(index)] = user
+        if None in picks or len(users) != 2:
+            return None
+        chain, ends = list(picks), []
+        for pick in picks:
+            out = pick.output[0]
+            if seq:
+                t = self.only_consumer(out, "Transpose")
+                if t is None or tuple(self.attrs(t).get("perm", ())) != (1, 0, 2):
+                    return None
+                chain.append(t)
+                out = t.output[0]
+            if out in self.graph_outputs or len(self.consumers.get(out, [])) != 1:
+                return None
+            ends.append(out)
+        merge = self.consumers[ends[0]][0]
+        if self.consumers[ends[1]][0] is not merge or list(merge.input) not in (ends,
+                                                                                 ends[::-1]):
+            return None
+        rank = 3 if seq else 2
+        if merge.op_type == "Concat" and list(merge.input) == ends and \
+                self.attrs(merge).get("axis") in (-1, rank - 1):
+            mode = "concat"
+        elif merge.op_type in ("Add", "Mul"):
+            mode = "sum" if merge.op_type == "Add" else "mul"
+            half = self.only_consumer(merge.output[0], "Mul")
+            if mode == "sum" and half is not None:
+                other = [n for n in half.input if n != merge.output[0]]
+                if len(other) == 1 and other[0] in self.consts and \
+                        np.size(self.consts[other[0]]) == 1 and \
+                        float(np.reshape(self.consts[other[0]], -1)[0]) == 0.5:
+                    chain.append(merge)
+                    mode, merge = "ave", half
+        else:
+            return None
+        return mode, chain + [merge], merge.output[0]
 
     def _op_LSTM(self, node):
         self._recurrent(node, "lstm")
@@ -403,6 +641,8 @@ class _Importer:
         self._alias(node)
 
     def _op_Gather(self, node):
+        if node.input[0] not in self.consts:
+            return self._direction(node)
         table = self.const(node, node.input[0], "table")
         v = self.value(node, node.input[1])
         if self.attrs(node).get("axis", 0) != 0 or table.ndim != 2 or v.layout != "nhwc":
@@ -410,6 +650,50 @@ class _Importer:
                                   "is supported")
         layer = self.layers_mod.Embedding(table.shape[0], table.shape[1], **self.kw(node))
         self.values[node.output[0]] = _Value(self.call(layer, [v.vid], [table]), "nhwc")
+
+    def _op_Einsum(self, node):
+        """A batched dot product (the first letter shared as the batch, one letter contracted,
+        the output the other axes of x0 then x1, in order) -> Dot."""
+        eq = _text(self.attrs(node)["equation"]).replace(" ", "")
+        vs = [self.value(node, n) for n in node.input]
+        lhs, _, out = eq.partition("->")
+        terms = lhs.split(",")
+        ok = len(vs) == 2 and len(terms) == 2 and all(v.layout == "nhwc" for v in vs) and \
+            all(len(t) == len(self.shapes[v.vid]) + 1 and len(set(t)) == len(t)
+                for t, v in zip(terms, vs)) and terms[0][0] == terms[1][0]
+        shared = set(terms[0][1:]) & set(terms[1][1:]) if ok else set()
+        if not ok or len(shared) != 1 or terms[0][0] in terms[0][1:] + terms[1][1:]:
+            raise self.fail(node, f"only a batched dot product of two tensors over one axis "
+                                  f"is supported, got {eq!r}")
+        k = shared.pop()
+        if out != terms[0][0] + "".join(t[1:].replace(k, "") for t in terms):
+            raise self.fail(node, f"the output axes of {eq!r} are not Keras Dot's order")
+        layer = self.layers_mod.Dot(axes=(terms[0].index(k), terms[1].index(k)),
+                                    **self.kw(node))
+        vid = self.call(layer, [v.vid for v in vs])
+        # nothing left but the batch: Keras's (batch, 1) is ONNX's (batch,) until Unsqueeze
+        self.values[node.output[0]] = _Value(vid, "nhwc" if len(out) > 1 else "batch_only")
+
+    def _op_Unsqueeze(self, node):
+        v = self.value(node, node.input[0])
+        axes = self.consts.get(node.input[1]) if len(node.input) > 1 else \
+            self.attrs(node).get("axes")
+        if v.layout != "batch_only" or axes is None or [int(a) for a in np.ravel(axes)] != [1]:
+            raise self.fail(node, "only the (batch,) -> (batch, 1) of a dot product is "
+                                  "supported")
+        self.values[node.output[0]] = _Value(v.vid, "nhwc")
+
+    def _direction(self, node):
+        """One direction (index 0 forward, 1 backward) of a bidirectional op's Y (axis 1) or
+        Y_h / Y_c (axis 0)."""
+        v = self.value(node, node.input[0])
+        index = np.asarray(self.const(node, node.input[1], "index"))
+        axis = self.attrs(node).get("axis", 0)
+        want = {"rnn_seq2": (1, "time_major"), "rnn_state2": (0, "nhwc")}.get(v.layout)
+        if want is None or axis != want[0] or index.ndim != 0 or int(index) not in (0, 1):
+            raise self.fail(node, "only an embedding lookup in a constant table, or one "
+                                  "direction of a bidirectional recurrent op, is supported")
+        self.values[node.output[0]] = _Value(v.vid[int(index)], want[1])
 
     def _pool(self, node, average):
         L = self.layers_mod
@@ -437,8 +721,14 @@ class _Importer:
         self._pool(node, True)
 
     def _global(self, node, average):
+        """Global pools of a channels-first 3-D (steps) or 4-D (image) tensor."""
         L = self.layers_mod
         v = self.value(node, node.input[0])
+        if len(self.shapes[v.vid]) == 2 and v.layout == "nchw":
+            cls = L.GlobalAveragePooling1D if average else L.GlobalMaxPooling1D
+            layer = cls(keepdims=True, **self.kw(node))
+            self.values[node.output[0]] = _Value(self.call(layer, [v.vid]), "nchw")
+            return
         self.layout_4d(node, v, "nchw")
         cls = L.GlobalAveragePooling2D if average else L.GlobalMaxPooling2D
         layer = cls(keepdims=True, **self.kw(node))
@@ -587,6 +877,19 @@ class _Importer:
         target = [int(s) for s in self.const(node, node.input[1], "shape")]
         shape = self.shapes[v.vid]
         size = int(np.prod(shape))
+        if v.vid in self.td:        # per-step tensors back to (batch, steps, ...)
+            outer, steps = self.td[v.vid]
+            if v.layout != "nhwc" or target != [-1, steps] + list(shape):
+                raise self.fail(node, f"a tensor whose batch axis merges {steps} steps must be "
+                                      f"reshaped back to (batch, {steps}, {shape})")
+            self.values[node.output[0]] = _Value(outer, "nhwc")
+            return
+        if v.layout == "nhwc" and len(shape) >= 2 and shape[0] > 1 and \
+                target == [-1] + list(shape[1:]):      # (batch, steps, ...) -> per step
+            vid = self.new_vid(shape[1:])
+            self.td[vid] = (v.vid, shape[0])
+            self.values[node.output[0]] = _Value(vid, "nhwc")
+            return
         if not target or target[0] not in (0, -1):
             raise self.fail(node, "the batch axis must be kept (shape[0] = 0 or -1)")
         if target[0] == -1 and -1 in target[1:]:
@@ -611,6 +914,16 @@ class _Importer:
         pads = [int(p) for p in (self.const(node, node.input[1], "pads") if len(node.input) > 1
                                  else self.attrs(node).get("pads", []))]
         value = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else 0
+        crop = self.only_consumer(node.output[0], "Slice")
+        if crop is not None and mode == "constant" and len(pads) == 8 and \
+                len(self.shapes[v.vid]) == 3 and np.size(value) == 1:
+            hw = (2, 3) if v.layout == "nchw" else (1, 2)
+            pad = (pads[hw[0]], pads[hw[1]])
+            if pads == [pad[hw.index(i)] if i in hw else 0 for i in range(4)] * 2 and min(pad) >= 0:
+                self.skip.add(id(crop))
+                self._centre_crop(crop, v, self._slice_args(crop, 4), pad,
+                                  float(np.reshape(value, -1)[0]), crop.output[0])
+                return
         if mode != "constant" or np.any(np.asarray(value) != 0) or len(pads) != 8 or \
                 min(pads) < 0 or len(self.shapes[v.vid]) != 3:
             raise self.fail(node, "only zero padding of the two spatial axes is supported")
@@ -644,8 +957,70 @@ class _Importer:
         self.values[node.output[0]] = _Value(self.call(layer, [v.vid]), v.layout)
         return True
 
+    def _per_sample_constant(self, node, v, name):
+        """The constant ``name`` broadcast against the tensor ``v`` as a per-sample,
+        channels-last array of v's rank (1 on the axes it does not vary along), or None when
+        it does not broadcast that way (it would change the batch axis or the shape)."""
+        c = np.asarray(self.consts[name])
+        shape = self.shapes[v.vid]
+        rank = len(shape) + 1
+        if c.ndim > rank or v.layout not in ("nhwc", "nchw"):
+            return None
+        c = c.reshape((1,) * (rank - c.ndim) + c.shape)
+        if c.shape[0] != 1:
+            return None
+        c = c[0]
+        if v.layout == "nchw":
+            c = np.moveaxis(c, 0, -1)
+        if any(d not in (1, s) for d, s in zip(c.shape, shape)):
+            return None
+        return c
+
+    def _affine(self, node, scale):
+        """Mul by (then Add of) a non-scalar constant broadcast over the batch: the per-axis
+        affine map y = x * s + b of Normalization(invert=True) (mean b, variance s**2), which
+        needs s > 0."""
+        names = list(node.input)
+        const = [n for n in names if n in self.consts]
+        if len(names) != 2 or len(const) != 1:
+            return False
+        v = self.value(node, names[1 - names.index(const[0])])
+        c = self._per_sample_constant(node, v, const[0])
+        if c is None:
+            return False
+        out, s, b = node.output[0], None, None
+        if scale:
+            s = c
+            add = self.only_consumer(out, "Add")
+            if add is not None:
+                other = add.input[1] if add.input[0] == out else add.input[0]
+                bias = self._per_sample_constant(add, v, other) if other in self.consts \
+                    else None
+                if bias is not None:
+                    b, out = bias, add.output[0]
+                    self.skip.add(id(add))
+        else:
+            b = c
+        shape = self.shapes[v.vid]
+        s = np.ones((1,) * len(shape)) if s is None else s
+        b = np.zeros((1,) * len(shape)) if b is None else b
+        if not (np.all(np.isfinite(s)) and np.all(np.isfinite(b)) and np.all(s >= 1e-7)):
+            raise self.fail(node, "a per-axis scale must be finite and >= 1e-7 (a "
+                                  "Normalization's standard deviation)")
+        keep = tuple(i for i in range(len(shape)) if max(s.shape[i], b.shape[i]) > 1)
+        stat = tuple(shape[i] for i in keep)
+        s = np.broadcast_to(s, shape)[tuple(slice(None) if i in keep else 0
+                                            for i in range(len(shape)))].reshape(stat)
+        b = np.broadcast_to(b, shape)[tuple(slice(None) if i in keep else 0
+                                            for i in range(len(shape)))].reshape(stat)
+        from fastnet.preprocessing.scaling import Normalization
+        layer = Normalization(axis=[i + 1 for i in keep], invert=True, **self.kw(node))
+        self.values[out] = _Value(self.call(layer, [v.vid], [b, np.square(
+            s.astype(np.float64))]), v.layout)
+        return True
+
     def _op_Add(self, node):
-        if not self._rescale(node, False):
+        if not (self._rescale(node, False) or self._affine(node, False)):
             self._merge(node, self.layers_mod.Add)
 
     def _op_Sum(self, node):
@@ -655,7 +1030,7 @@ class _Importer:
         self._merge(node, self.layers_mod.Subtract)
 
     def _op_Mul(self, node):
-        if not self._rescale(node, True):
+        if not (self._rescale(node, True) or self._affine(node, True)):
             self._merge(node, self.layers_mod.Multiply)
 
     def _op_Mean(self, node):
@@ -731,15 +1106,24 @@ def import_model(source):
 
     Supported: Conv (1-D -> Conv1D, 'valid', 'same' or causal; 2-D -> Conv2D, or
     DepthwiseConv2D for one group per channel; dilations and groups; pads 'valid', TensorFlow
-    'same' or explicit, which become a ZeroPadding2D), MaxPool / AveragePool,
-    GlobalAveragePool / GlobalMaxPool, BatchNormalization (inference), Gemm, MatMul (+ Add of
-    a bias), Relu, Sigmoid, Tanh, Softplus and Softmax (fused into the preceding Conv / Gemm /
-    MatMul when they alone read it), Elu, LeakyRelu, Gelu, Flatten, Reshape, Pad (zeros,
-    spatial), Transpose (channels last <-> first, batch <-> time), Squeeze (of a recurrent
-    op's direction axis), Add / Sum / Sub / Mul / Mean / Max / Min of tensors, Mul / Add of a
-    tensor and a scalar (Rescaling), Concat, Resize (integer upsampling -> UpSampling2D),
-    Cast + Gather (Embedding), RNN / GRU / LSTM (forward, no initial states), Identity,
-    Dropout and Constant; GELU exported below opset 20 (as Erf / Tanh arithmetic) is not
+    'same' or explicit, which become a ZeroPadding2D), ConvTranspose (2-D, one group, pads
+    cropping as Keras's 'valid' / 'same' with or without output_padding -> Conv2DTranspose),
+    MaxPool / AveragePool, GlobalAveragePool / GlobalMaxPool (of 1-D and 2-D channels-first
+    tensors), BatchNormalization (inference),
+    Gemm, MatMul (+ Add of a bias), Relu, Sigmoid, Tanh, Softplus and Softmax (fused into the
+    preceding Conv / ConvTranspose / Gemm / MatMul when they alone read it), Elu, LeakyRelu,
+    Gelu, Flatten, Reshape (also (N, T, ...) <-> (N * T, ...): the layers between become
+    TimeDistributed), Pad (zeros, spatial; any value when a centred Slice follows ->
+    RandomCrop), Slice (a centred crop -> RandomCrop; the reversal of a go_backwards
+    sequence), Transpose (channels last <-> first, batch <-> time), Squeeze (of a recurrent
+    op's direction axis), Gather (one direction of a bidirectional op), Add / Sum / Sub / Mul
+    / Mean / Max / Min of tensors, Mul / Add of a tensor and a scalar (Rescaling) or of a
+    per-axis constant (Normalization(invert=True), scales >= 1e-7), Concat, Einsum of a
+    batched dot product (+ Unsqueeze) -> Dot, Resize (integer upsampling -> UpSampling2D),
+    Cast + Gather (Embedding), RNN / GRU / LSTM (no initial states; 'forward', 'reverse' ->
+    go_backwards, 'bidirectional' -> Bidirectional with merge_mode=None, whose merge follows
+    as merge layers), Identity, Dropout and Constant; GELU exported below opset 20 (as Erf /
+    Tanh arithmetic) and Dot(normalize=True) (ReduceSum) are not
     recognized.  Anything else raises NotImplementedError naming the node.  Inputs read by
     channels-first nodes become channels-last inputs of the fastnet model, and outputs are
     channels-last.

@@ -23,6 +23,10 @@ temporary buffers (packed kernels, per-thread tables and partial sums, im2col pa
 even those when ``out`` is given.  The backward ops take ``relu_output`` (the forward's output
 when it fused a ReLU) and mask the incoming gradient themselves.  ``_algorithm`` (private, for
 tests and benchmarks) forces one kernel path; see ``fastnet/_kernels/conv.pyx`` for each.
+
+Sums over pixels are cut into ``nparts`` blocks added in block order: one per thread by
+default, a number fixed by the shape in ``fastnet.config.deterministic`` mode (results then
+independent of the thread count; the kernel choice then looks at nparts, not the threads).
 """
 import numpy as np
 
@@ -109,11 +113,12 @@ def _schedule(rows, nthreads, pointwise):
     return base
 
 
-def _implicit_workspace(op, xshape, yshape, kh, kw, strides, pads, dtype, nthreads):
-    """The workspace of a csrc/conv kernel: packed kernel, pointer tables, per-thread buffers."""
+def _implicit_workspace(op, xshape, yshape, kh, kw, strides, pads, dtype, nthreads, nparts=0):
+    """The workspace of a csrc/conv kernel: packed kernel, pointer tables, per-thread (or
+    per-block, ``nparts``) buffers."""
     size = _kernels.implicit_workspace(_IMPLICIT_OPS[op], tuple(xshape), tuple(yshape), kh, kw,
                                        strides[0], strides[1], pads[0], pads[1],
-                                       np.dtype(dtype) == np.float64, nthreads)
+                                       np.dtype(dtype) == np.float64, nthreads, nparts)
     return scratch("conv.implicit", (size,), dtype)
 
 
@@ -135,20 +140,21 @@ def _masked(dy, relu_output, nthreads):
     return out
 
 
-def _panel(algorithm, rows, k, dtype, nthreads, block_rows=None):
-    """(panel, tile_rows) for an im2col / dcol workspace; panel None when no im2col."""
+def _panel(algorithm, rows, k, dtype, nparts, block_rows=None):
+    """(panel, tile_rows) for an im2col / dcol workspace of ``nparts`` blocks; panel None when
+    no im2col."""
     itemsize = np.dtype(dtype).itemsize
     if algorithm.startswith("1x1"):
         return None, max(rows, 1)
     if algorithm == "shared":
         tile = max(1, min(rows, _SHARED_BYTES // (k * itemsize)))
         return scratch("conv.panel", (tile * k,), dtype), tile
-    # Blocks: a block holds about rows / nthreads rows (whole images for the backward input).
-    block = block_rows if block_rows is not None else -(-rows // nthreads)
+    # Blocks: a block holds about rows / nparts rows (whole images for the backward input).
+    block = block_rows if block_rows is not None else -(-rows // nparts)
     tile = max(1, min(block, _PANEL_BYTES // (k * itemsize)))
     if tile > 64:
         tile -= tile % 32   # whole register tiles for the GEMM
-    return scratch("conv.panel", (nthreads * tile * k,), dtype), tile
+    return scratch("conv.panel", (nparts * tile * k,), dtype), tile
 
 
 # --------------------------------------------------------------------------------------- ops
@@ -187,18 +193,19 @@ def conv2d(x, kernel, bias=None, *, strides=1, padding="valid", activation=None,
 
     rows, k = n * oh * ow, kh * kw * cin
     nthreads = _threads(rows * k * cout)
+    nparts = config.reduction_parts(nthreads, rows)
     if algorithm is None:
         pointwise = (kh, kw, *strides) == (1, 1, 1, 1)
         algorithm = "direct" if kw * cin <= _DIRECT_MAX_ROW and not pointwise else \
-            "implicit" if k <= _IMPLICIT_MAX_K else _schedule(rows, nthreads, pointwise)
+            "implicit" if k <= _IMPLICIT_MAX_K else _schedule(rows, nparts, pointwise)
     if algorithm in ("implicit", "direct"):
         op = "forward" if algorithm == "implicit" else "direct_forward"
         panel, tile = _implicit_workspace(op, x.shape, out.shape, kh, kw, strides, (pt, pl),
                                           x.dtype, nthreads), 0
     else:
-        panel, tile = _panel(algorithm, rows, k, x.dtype, nthreads)
+        panel, tile = _panel(algorithm, rows, k, x.dtype, nparts)
     _kernels.conv2d_forward(x, kernel, bias, out, strides[0], strides[1], pt, pl,
-                            _ACTIVATIONS[activation], algorithm, panel, tile, nthreads)
+                            _ACTIVATIONS[activation], algorithm, panel, tile, nthreads, nparts)
     return out
 
 
@@ -238,20 +245,23 @@ def conv2d_backward_input(dy, kernel, input_shape, *, strides=1, padding="valid"
     if algorithm is None:
         if cin >= _IMPLICIT_MIN_CIN and k <= _IMPLICIT_MAX_K:
             algorithm = "implicit"
-        else:   # whole images per thread need at least one image per thread
-            algorithm = ("1x1" if pointwise else "gemm") if n >= nthreads else \
+        else:   # whole images per block need at least one image per block
+            algorithm = ("1x1" if pointwise else "gemm") if \
+                n >= config.reduction_parts(nthreads, n) else \
                 ("1x1_shared" if pointwise else "shared")
+    # blocks of dy pixels (implicit), of whole images (gemm / 1x1)
+    nparts = config.reduction_parts(nthreads, rows if algorithm == "implicit" else n)
     if algorithm == "implicit":
         panel, tile = _implicit_workspace("backward_input", input_shape, dy.shape, kh, kw,
-                                          strides, (pt, pl), dy.dtype, nthreads), 0
+                                          strides, (pt, pl), dy.dtype, nthreads, nparts), 0
     else:
         if relu_output is not None:
             dy, relu_output = _masked(dy, relu_output, nthreads), None
-        panel, tile = _panel(algorithm, rows, k, dy.dtype, nthreads,
-                             block_rows=-(-n // nthreads) * oh * ow)
+        panel, tile = _panel(algorithm, rows, k, dy.dtype, nparts,
+                             block_rows=-(-n // nparts) * oh * ow)
     _kernels.conv2d_backward_input(dy, kernel.reshape(k, cout), out, kh, kw, strides[0],
                                    strides[1], pt, pl, algorithm, panel, tile, nthreads,
-                                   relu_output)
+                                   relu_output, nparts)
     return out
 
 
@@ -268,7 +278,8 @@ def conv2d_backward_weight(x, dy, kernel_size, *, strides=1, padding="valid", ou
     ``dk, db = conv2d_backward_weight(...)`` always works.
 
     Sums over the batch are reduced in an order fixed by the thread count only: results are
-    bitwise reproducible for a given ``fastnet.set_num_threads``.
+    bitwise reproducible for a given ``fastnet.set_num_threads`` (for any thread count in
+    ``fastnet.config.deterministic`` mode).
     """
     x = check_array(x, "x", ndim=4)
     dy = check_array(dy, "dy", ndim=4, dtype=x.dtype)
@@ -295,10 +306,11 @@ def conv2d_backward_weight(x, dy, kernel_size, *, strides=1, padding="valid", ou
 
     rows, k = n * oh * ow, kh * kw * cin
     nthreads = _threads(rows * k * cout)
+    nparts = config.reduction_parts(nthreads, rows)
     if algorithm is None:
         pointwise = (kh, kw, *strides) == (1, 1, 1, 1)
         algorithm = "direct" if cin <= _DIRECT_MAX_CIN and not pointwise else \
-            "implicit" if k <= _IMPLICIT_MAX_K else _schedule(rows, nthreads, pointwise)
+            "implicit" if k <= _IMPLICIT_MAX_K else _schedule(rows, nparts, pointwise)
     if relu_output is not None and (algorithm not in ("direct", "implicit") or (
             algorithm == "direct" and cout > _DIRECT_MASK_MAX_COUT)):
         dy, relu_output = _masked(dy, relu_output, nthreads), None
@@ -306,16 +318,16 @@ def conv2d_backward_weight(x, dy, kernel_size, *, strides=1, padding="valid", ou
     if algorithm in ("implicit", "direct"):
         op = "backward_weight" if algorithm == "implicit" else "direct_weight"
         panel, tile = _implicit_workspace(op, x.shape, dy.shape, kh, kw, strides, (pt, pl),
-                                          x.dtype, nthreads), 0
+                                          x.dtype, nthreads, nparts), 0
     else:
-        panel, tile = _panel(algorithm, rows, k, x.dtype, nthreads)
-        if not algorithm.endswith("shared") and nthreads > 1:
-            partials = scratch("conv.partials", ((nthreads - 1) * k * cout,), x.dtype)
-    if bias_grad is not None and nthreads > 1 and algorithm not in ("implicit", "direct"):
-        bias_partials = scratch("conv.bias_partials", ((nthreads - 1) * cout,), x.dtype)
+        panel, tile = _panel(algorithm, rows, k, x.dtype, nparts)
+        if not algorithm.endswith("shared") and nparts > 1:
+            partials = scratch("conv.partials", ((nparts - 1) * k * cout,), x.dtype)
+    if bias_grad is not None and nparts > 1 and algorithm not in ("implicit", "direct"):
+        bias_partials = scratch("conv.bias_partials", ((nparts - 1) * cout,), x.dtype)
     _kernels.conv2d_backward_weight(x, dy, out.reshape(k, cout), bias_grad, kh, kw, strides[0],
                                     strides[1], pt, pl, algorithm, panel, tile, partials,
-                                    bias_partials, nthreads, relu_output)
+                                    bias_partials, nthreads, relu_output, nparts)
     return out, bias_grad
 
 
@@ -368,11 +380,12 @@ def conv2d_backward_weight_pooled(x, dy_pool, argmax, kernel_size, *, strides=1,
     k = kh * kw * cin
     rows = n * qshape[1]
     nthreads = min(_threads(n * oh * ow * k * cout), rows)
+    nparts = config.reduction_parts(nthreads, rows)
     per_line = 64 // x.itemsize
     stride = -(-(k * cout + 2 * cout + k) // per_line) * per_line
-    partials = scratch("conv.pooled_partials", (nthreads, stride), x.dtype)
+    partials = scratch("conv.pooled_partials", (nparts, stride), x.dtype)
     _cp.conv_pool_backward_weight(x, dy_pool, argmax, out.reshape(k, cout), bias_grad,
                                   (kh, kw, strides[0], strides[1], pt, pl),
                                   (pool[0], pool[1], pstrides[0], pstrides[1], ppt, ppl),
-                                  oh, ow, partials, nthreads)
+                                  oh, ow, partials, nthreads, nparts)
     return out, bias_grad

@@ -199,32 +199,38 @@ def _params(strides, dilation, pads, groups):
 
 # ---------------------------------------------------------------------- workspaces and kernels
 def _im2col_plan(out_shape, kernel_shape, groups, dtype, whole_images=False):
-    """(nthreads, shared, panel, tile_rows, K) for an im2col kernel over the output pixels of
-    ``out_shape`` (N, OH, OW, Cout): 'blocks' (per-thread panels of tile_rows rows, whole
-    images per thread with ``whole_images``) or 'shared' (too few rows or images to split)."""
+    """(nthreads, nparts, shared, panel, tile_rows, K) for an im2col kernel over the output
+    pixels of ``out_shape`` (N, OH, OW, Cout): 'blocks' (nparts blocks, one panel of tile_rows
+    rows each, whole images per block with ``whole_images``) or 'shared' (too few rows or
+    images to split).  nparts: one block per thread, or fixed by the shape in deterministic
+    mode (``fastnet.config.reduction_parts``)."""
     n, oh, ow, cout = out_shape
     kh, kw, cg = kernel_shape[:3]
     rows, k = n * oh * ow, kh * kw * cg
     itemsize = np.dtype(dtype).itemsize
     nthreads = _threads(rows * k * cout // groups)
     if whole_images:
-        shared, block = n < nthreads, -(-n // nthreads) * oh * ow
+        nparts = config.reduction_parts(nthreads, n)
+        shared, block = n < nparts, -(-n // nparts) * oh * ow
     else:
-        shared, block = nthreads > 1 and rows < _MIN_ROWS_PER_THREAD * nthreads, \
-            -(-rows // nthreads)
+        nparts = config.reduction_parts(nthreads, rows)
+        shared, block = nparts > 1 and rows < _MIN_ROWS_PER_THREAD * nparts, \
+            -(-rows // nparts)
     if shared:
         tile = max(1, min(rows, _SHARED_BYTES // (k * itemsize)))
-        return nthreads, True, scratch("conv_general.panel", (tile * k,), dtype), tile, k
+        return nthreads, nparts, True, scratch("conv_general.panel", (tile * k,), dtype), tile, k
     tile = max(1, min(block, _PANEL_BYTES // (k * itemsize)))
     if tile > 64:
         tile -= tile % 32   # whole register tiles for the GEMM
-    return (nthreads, False, scratch("conv_general.panel", (nthreads * tile * k,), dtype), tile,
-            k)
+    return (nthreads, nparts, False,
+            scratch("conv_general.panel", (nparts * tile * k,), dtype), tile, k)
 
 
 def _general_forward(x, kernel, bias, out, params, act):
-    nthreads, shared, panel, tile, _ = _im2col_plan(out.shape, kernel.shape, params[6], x.dtype)
-    _kernels.general_forward(x, kernel, bias, out, params, act, shared, panel, tile, nthreads)
+    nthreads, nparts, shared, panel, tile, _ = _im2col_plan(out.shape, kernel.shape, params[6],
+                                                            x.dtype)
+    _kernels.general_forward(x, kernel, bias, out, params, act, shared, panel, tile, nthreads,
+                             nparts)
 
 
 def _flipped_kernel(kernel, groups):
@@ -249,19 +255,21 @@ def _general_backward_input(dy, kernel, out, params):
         _general_forward(dy, _flipped_kernel(kernel, groups), None, out,
                          (1, 1, dh, dw, ft, fl, groups), 0)
         return
-    nthreads, shared, panel, tile, _ = _im2col_plan(dy.shape, kernel.shape, groups, dy.dtype,
-                                                    whole_images=True)
-    _kernels.general_backward_input(dy, kernel, out, params, shared, panel, tile, nthreads)
+    nthreads, nparts, shared, panel, tile, _ = _im2col_plan(dy.shape, kernel.shape, groups,
+                                                            dy.dtype, whole_images=True)
+    _kernels.general_backward_input(dy, kernel, out, params, shared, panel, tile, nthreads,
+                                    nparts)
 
 
 def _general_backward_weight(x, dy, out, bias_grad, params):
-    nthreads, shared, panel, tile, k = _im2col_plan(dy.shape, out.shape, params[6], x.dtype)
+    nthreads, nparts, shared, panel, tile, k = _im2col_plan(dy.shape, out.shape, params[6],
+                                                            x.dtype)
     cout = dy.shape[3]
     per = cout if shared else k * cout + cout
-    partials = scratch("conv_general.partials", ((nthreads - 1) * per,), x.dtype) \
-        if nthreads > 1 else None
+    partials = scratch("conv_general.partials", ((nparts - 1) * per,), x.dtype) \
+        if nparts > 1 else None
     _kernels.general_backward_weight(x, dy, out, bias_grad, params, shared, panel, tile,
-                                     partials, nthreads)
+                                     partials, nthreads, nparts)
 
 
 def _depthwise_forward(x, kernel, bias, out, params, relu):
@@ -288,9 +296,10 @@ def _depthwise_backward_weight(x, dy, out, bias_grad, params):
     n, oh, ow, cout = dy.shape
     kh, kw = out.shape[:2]
     nthreads = min(_threads(n * oh * ow * cout * kh * kw), n * oh)
+    nparts = config.reduction_parts(nthreads, n * oh)
     per = x.shape[2] * cout + kh * kw * cout + cout
-    work = scratch("conv_general.work", (nthreads * per,), x.dtype)
-    _kernels.depthwise_backward_weight(x, dy, out, bias_grad, params, work, nthreads)
+    work = scratch("conv_general.work", (nparts * per,), x.dtype)
+    _kernels.depthwise_backward_weight(x, dy, out, bias_grad, params, work, nthreads, nparts)
 
 
 def _bias_act(y, bias, relu):
@@ -303,9 +312,10 @@ def _bias_act(y, bias, relu):
 def _bias_grad(dy, out):
     flat = dy.reshape(-1, dy.shape[-1])
     nthreads = min(_threads(flat.size, _PARALLEL_MIN_ELEMENTS), flat.shape[0])
-    partials = scratch("conv_general.bias_partials", ((nthreads - 1) * flat.shape[1],),
-                       dy.dtype) if nthreads > 1 else None
-    _kernels.bias_grad(flat, out, partials, nthreads)
+    nparts = config.reduction_parts(nthreads, flat.shape[0])
+    partials = scratch("conv_general.bias_partials", ((nparts - 1) * flat.shape[1],),
+                       dy.dtype) if nparts > 1 else None
+    _kernels.bias_grad(flat, out, partials, nthreads, nparts)
 
 
 # --------------------------------------------------------------------- grouped / dilated conv
@@ -455,7 +465,8 @@ def depthwise_conv2d_backward_weight(x, dy, kernel_size, *, strides=1, padding="
                                      dilation_rate=1, out=None, bias_grad=None):
     """``(dkernel, bias_grad)`` of ``depthwise_conv2d``: x (N, H, W, Cin), dy (N, OH, OW,
     Cin*dm); dkernel (kh, kw, Cin, dm) (into ``out`` when given), ``bias_grad`` the caller's
-    (Cin*dm,) array filled with dy's sums, or None.  Reproducible for a given thread count."""
+    (Cin*dm,) array filled with dy's sums, or None.  Reproducible for a given thread count (for
+    any thread count in ``fastnet.config.deterministic`` mode)."""
     x, dy, (kh, kw) = _check_x_dy(x, dy, kernel_size)
     strides, padding, dilation = _check_depthwise_args(strides, padding, dilation_rate)
     cin, cout = x.shape[3], dy.shape[3]

@@ -138,7 +138,8 @@ def max_pool2d_backward(x, y, dy, pool_size=2, strides=None, padding="valid", ou
     nthreads = _threads(yshape, pool)
     pending = _pending(nthreads, x.shape[3], x.dtype)
     _kernels.max_pool2d_backward(x, y, dy, out, pool[0], pool[1], strides[0], strides[1], pt,
-                                 pl, pending, nthreads, argmax)
+                                 pl, pending, nthreads, argmax,
+                                 config.reduction_parts(nthreads, yshape[0] * yshape[1]))
     return out
 
 
@@ -160,5 +161,6 @@ def avg_pool2d_backward(dy, input_shape, pool_size=2, strides=None, padding="val
     nthreads = _threads(yshape, pool)
     pending = _pending(nthreads, input_shape[3], dy.dtype)
     _kernels.avg_pool2d_backward(dy, out, pool[0], pool[1], strides[0], strides[1], pt, pl,
-                                 pending, nthreads)
+                                 pending, nthreads,
+                                 config.reduction_parts(nthreads, yshape[0] * yshape[1]))
     return out
