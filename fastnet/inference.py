@@ -26,7 +26,7 @@ implicit convolution's pointer tables) costs more than the arithmetic.
 
 For each batch size (and thread count) a *plan* is made, once per Python thread: every shape
 checked, every kernel chosen as the ops would choose it (and its thread count too, except that
-steps under ~8M multiply-adds stay on the calling thread: see _MIN_TEAM_WORK), and every
+steps under ~1M multiply-adds stay on the calling thread: see _MIN_TEAM_WORK), and every
 intermediate array laid out in one arena (arrays whose lifetimes do not overlap share bytes;
 the last layer writes straight into the caller's output array).  A call then validates the
 input, and runs the whole plan in C without the GIL: no per-layer Python, no allocation but the
@@ -64,12 +64,14 @@ __all__ = ["compile", "CompiledModel", "predict"]
 _ALIGN = 64
 _PLANS_PER_THREAD = 4       # batch sizes kept per thread (LRU)
 _SMALL_M_ROWS = 12          # see _small_m
-# A step runs on one thread below this much work (multiply-adds or element visits, ~80 us on a
+# A step runs on one thread below this much work (multiply-adds or element visits, ~10 us on a
 # Zen 4 core): a fork/join costs ~2 us on a quiet machine but, when the cores are oversubscribed,
 # up to a scheduler slice (ms) waiting for the second thread; the ops' own thresholds are tuned
-# for training steps.  Forward results do not depend on the team size.  The classic CNN runs
-# single-threaded at batch 1, every convolution on the team at batch 64.
-_MIN_TEAM_WORK = 1 << 23
+# for training steps.  Forward results do not depend on the team size.  At batch 1 the classic
+# CNN's second convolution (2.2M) runs on the team, the rest on the calling thread.  Measured at
+# 2 threads, batch 1 (benchmarks/bench_infer.py): 2**23 gave 71 us, 2**20 61 us, 2**17 60 us
+# but a slower batch 64.
+_MIN_TEAM_WORK = 1 << 20
 _layer_locks = weakref.WeakKeyDictionary()     # layer -> lock (see _layer_lock)
 _layer_locks_guard = threading.Lock()
 # Model.predict's compilations: model -> threading.local (kept off the model object, which
