@@ -342,3 +342,13 @@ def test_combined_model_at_opsets(opset):
     for got in (run_ort(proto, xs), outputs(back, xs)):
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, **TOL)
+
+
+def test_none_sizes_besides_the_batch_are_refused_clearly(tmp_path):
+    inp = L.Input(shape=(None, 8))
+    y = L.GlobalAveragePooling1D()(L.Conv1D(4, 3)(inp))
+    model = models.Model(inp, L.Dense(2)(y))
+    path = tmp_path / "m.onnx"
+    with pytest.raises(NotImplementedError, match=r"None sizes besides the batch"):
+        fastnet.onnx.export(model, path)
+    assert not os.listdir(tmp_path)     # nothing written

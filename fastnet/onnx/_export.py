@@ -693,6 +693,13 @@ def to_onnx(model, opset=17):
             not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(f"opset must be an integer in [{MIN_OPSET}, "
                          f"{onnx.defs.onnx_opset_version()}], got {opset!r}")
+    for shape in (model.input_shape if isinstance(model.input_shape, list)
+                  else [model.input_shape]):
+        if any(d is None for d in tuple(shape)[1:]):
+            raise NotImplementedError(
+                f"export: the model's input shape {tuple(shape)} has None sizes besides the "
+                f"batch; export supports fixed sizes only: rebuild the model with "
+                f"Input(shape=...) of the size to deploy and set_weights(model.get_weights())")
     g = _Graph(model, int(opset))
     elem = onnx_dtype(g.dtype)
     g.table = _exporters()
