@@ -32,6 +32,9 @@ CHILD = textwrap.dedent(r'''
     from fastnet.utils import set_random_seed
 
     mode, arg = sys.argv[1], int(sys.argv[2])
+    # A process started in the background by a non-interactive shell (a CI job) inherits
+    # SIGINT ignored, and Python then keeps ignoring it: restore the Ctrl-C a terminal gives.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def say(msg):
         sys.stdout.write(msg + "\n")
@@ -77,8 +80,11 @@ CHILD = textwrap.dedent(r'''
         try:
             try:
                 say("ready")
+                t_end = time.monotonic() + 120   # a lost signal fails the test, never hangs
                 for i in range(1, 100000):
                     step(i)
+                    if time.monotonic() > t_end:
+                        break
             finally:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)   # no signal matters after this
             result["outcome"] = "never interrupted"
