@@ -162,8 +162,17 @@ def test_sample_and_class_weight():
         mlp().fit(x, y, class_weight=[1, 2], verbose=0)
 
 
+@pytest.fixture
+def python_ctrl_c():
+    """SIGINT -> KeyboardInterrupt for the test, whatever the runner inherited (a CI job
+    started in the background by a shell inherits SIGINT ignored)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_ctrl_c_stops_after_the_current_batch(capsys):
+def test_ctrl_c_stops_after_the_current_batch(capsys, python_ctrl_c):
     x, y = data(n=100)
     model = mlp()
 
@@ -179,6 +188,27 @@ def test_ctrl_c_stops_after_the_current_batch(capsys):
     assert np.isfinite(model.predict(x, verbose=0)).all()
     model.fit(x, y, epochs=1, verbose=0)  # usable, and the default handler is back
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_fit_leaves_an_ignored_or_custom_sigint_alone():
+    x, y = data(n=40)
+    model = mlp()
+    seen = []
+    for handler in (signal.SIG_IGN, lambda signum, frame: seen.append(signum)):
+        old = signal.signal(signal.SIGINT, handler)
+        try:
+            class Interrupt(callbacks.Callback):
+                def on_train_batch_end(self, batch, logs=None):
+                    if batch == 1:
+                        os.kill(os.getpid(), signal.SIGINT)
+                        assert signal.getsignal(signal.SIGINT) is handler
+
+            model.fit(x, y, epochs=1, batch_size=10, verbose=0, callbacks=[Interrupt()])
+            assert signal.getsignal(signal.SIGINT) is handler
+        finally:
+            signal.signal(signal.SIGINT, old)
+    assert seen == [signal.SIGINT]      # the custom handler got the signal, fit did not stop
 
 
 def test_history_plot(tmp_path, monkeypatch):

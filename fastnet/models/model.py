@@ -87,12 +87,15 @@ def _update_metric(metric, y, out, w):
 
 class _StopOnInterrupt:
     """Within ``fit``: the first Ctrl-C asks to stop after the current batch; a second one
-    interrupts at once.  Only the main thread can install signal handlers; elsewhere a no-op."""
+    interrupts at once.  Only where Ctrl-C has Python's own meaning (KeyboardInterrupt): a
+    process that ignores SIGINT (started with nohup or in the background by a shell) or that
+    installed its own handler keeps it; outside the main thread, a no-op."""
 
     def __enter__(self):
         self.requested = False
         self._old = None
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             try:
                 self._old = signal.signal(signal.SIGINT, self._handle)
             except ValueError:  # not the main interpreter thread
