@@ -36,6 +36,7 @@ import numpy as np
 from fastnet import config
 from fastnet._kernels import int8 as _K
 from fastnet.ops import int8 as q8
+from fastnet.ops._checks import as_real_array
 
 __all__ = ["quantize", "QuantizedModel", "load_quantized", "quantize_weights",
            "choose_qparams"]
@@ -564,12 +565,7 @@ class QuantizedModel:
         return y
 
     def _check_x(self, x, what):
-        try:
-            x = np.asarray(x)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{what}: x must be array-like of numbers ({e})") from None
-        if x.dtype.kind not in "fiub":
-            raise TypeError(f"{what}: x must hold real numbers, got dtype {x.dtype}")
+        x = as_real_array(x, f"{what}: x")
         if x.ndim < 1 or x.shape[1:] != self._input_shape or x.shape[0] == 0:
             raise ValueError(f"{what}: x must have shape (batch, "
                              f"{', '.join(map(str, self._input_shape))}) with batch >= 1, "

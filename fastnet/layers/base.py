@@ -4,6 +4,7 @@ import re
 import numpy as np
 
 from fastnet import initializers, regularizers
+from fastnet.ops._checks import as_real_array
 from fastnet.ops._workspace import check_nbytes, nbytes_of
 
 _name_counts = {}
@@ -320,13 +321,7 @@ class Layer:
         """``x`` as a C-contiguous array of the layer's dtype; like the models, only real
         numbers (float, int, bool) are cast: complex, object and string arrays are refused
         rather than silently truncated or parsed."""
-        try:
-            v = np.asarray(x)
-        except (ValueError, TypeError) as e:
-            raise TypeError(f"{self.name}: {label} must be array-like of numbers ({e})") from None
-        if v.dtype.kind not in "fiub":
-            raise TypeError(f"{self.name}: {label} must hold real numbers, got dtype {v.dtype}")
-        return np.ascontiguousarray(v, dtype=self.dtype)
+        return np.ascontiguousarray(as_real_array(x, f"{self.name}: {label}"), dtype=self.dtype)
 
     def _call_symbolic(self, x):
         from fastnet.layers.node import KerasTensor, Node

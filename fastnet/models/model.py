@@ -28,6 +28,7 @@ from fastnet import losses as losses_mod
 from fastnet import metrics as metrics_mod
 from fastnet import optimizers as optimizers_mod
 from fastnet.callbacks import CallbackList, History
+from fastnet.ops._checks import as_real_array
 from fastnet.utils.progbar import Progbar
 from fastnet.utils.random import get_rng
 
@@ -507,12 +508,7 @@ class Model:
             label = "x" if len(names) == 1 else f"x[{name!r}]"
             if v is None:
                 raise ValueError(f"{what}: {label} is missing")
-            try:
-                v = np.asarray(v)
-            except (ValueError, TypeError) as e:
-                raise TypeError(f"{what}: {label} must be array-like of numbers ({e})") from None
-            if v.dtype.kind not in "fiub":
-                raise TypeError(f"{what}: {label} must hold real numbers, got dtype {v.dtype}")
+            v = as_real_array(v, f"{what}: {label}")
             if v.ndim < 1 or v.shape[0] == 0:
                 raise ValueError(f"{what}: {label} is empty (shape {v.shape}); need at least one "
                                  f"sample")

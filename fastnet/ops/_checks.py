@@ -26,6 +26,18 @@ def check_array(x, name, *, ndim=None, dtype=None, contiguous=True):
     return x
 
 
+def as_real_array(x, label):
+    """``np.asarray(x)`` when it holds real numbers (float, int, bool); complex, object and
+    string data raise TypeError naming ``label`` instead of being truncated or parsed."""
+    try:
+        v = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"{label} must be array-like of numbers ({e})") from None
+    if v.dtype.kind not in "fiub":
+        raise TypeError(f"{label} must hold real numbers, got dtype {v.dtype}")
+    return v
+
+
 def check_nonempty(a, name):
     """Raise unless every dimension of ``a`` is non-zero."""
     if a.size == 0:
