@@ -218,6 +218,50 @@ def test_warp_is_independent_of_the_thread_count():
         np.testing.assert_array_equal(A.warp(x, t), one[0])
 
 
+@pytest.mark.skipif(not __import__("fastnet._kernels.augment", fromlist=["x"]).simd_warp(),
+                    reason="no AVX-512 warp kernel on this CPU")
+def test_simd_warp_matches_the_scalar_path_and_the_reference():
+    # the AVX-512 kernels (one-channel float32, bilinear, constant fill) against the scalar
+    # rows and the NumPy reference: small and large rotations (the permute and the gather
+    # paths), zooms, shears, pure translations (the masked-load path) including far outside
+    # the image, odd sizes, 1-pixel images and output sizes other than the input's
+    from fastnet._kernels import augment as K
+    rng = np.random.default_rng(31)
+    for (n, h, w, oh, ow) in [(7, 28, 28, 28, 28), (5, 9, 13, 11, 7), (4, 1, 1, 3, 2),
+                              (3, 5, 1, 5, 1), (6, 17, 3, 17, 19), (2, 40, 33, 41, 35)]:
+        x = _images(rng, n, h, w, 1, np.float32)
+        rot = A.rotation_transforms(rng.uniform(-0.25, 0.25, n), h, w)
+        big = _random_transforms(rng, n, h, w)
+        zoom = A.zoom_transforms(rng.uniform(0.6, 1.5, n), rng.uniform(0.6, 1.5, n), h, w)
+        shift = A.translation_transforms(rng.uniform(-1.2 * w, 1.2 * w, n),
+                                         rng.uniform(-1.2 * h, 1.2 * h, n))
+        shift[0, 2], shift[-1, 5] = 1e-12, -3.0          # snapped and integer shifts
+        far = A.translation_transforms(np.full(n, 1e7), np.full(n, -1e7))
+        for t in (rot, big, zoom, shift, far):
+            for fill in (0.0, -1.5):
+                try:
+                    K.simd_warp(True)
+                    fast = A.warp(x, t, (oh, ow), fill_mode="constant", fill_value=fill)
+                    K.simd_warp(False)
+                    slow = A.warp(x, t, (oh, ow), fill_mode="constant", fill_value=fill)
+                finally:
+                    K.simd_warp(True)
+                np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-6)
+                ref = ref_warp(x, t, (oh, ow), "bilinear", "constant", fill)
+                np.testing.assert_allclose(fast, ref, rtol=2e-5, atol=2e-5)
+    # exact cases on the SIMD path: a quarter turn, the identity, integer shifts
+    x = _images(rng, 4, 28, 28, 1, np.float32)
+    np.testing.assert_array_equal(A.warp(x, A.rotation_transforms(np.full(4, np.pi / 2), 28,
+                                                                   28), fill_mode="constant"),
+                                  np.rot90(x, 1, axes=(1, 2)))
+    np.testing.assert_array_equal(A.warp(x, A.rotation_transforms(np.zeros(4), 28, 28),
+                                         fill_mode="constant"), x)
+    y = A.warp(x, A.translation_transforms(np.full(4, 3.0), np.full(4, -2.0)),
+               fill_mode="constant", fill_value=7.0)
+    np.testing.assert_array_equal(y[:, :26, 3:], x[:, 2:, :25])
+    assert (y[:, 26:] == 7.0).all() and (y[:, :, :3] == 7.0).all()
+
+
 def test_warp_survives_degenerate_transforms():
     x = np.ones((2, 4, 4, 1), np.float32)
     t = np.zeros((2, 8))

@@ -321,6 +321,37 @@ def test_implicit_every_isa(isa, monkeypatch):
         fastnet.set_num_threads(old_threads)
 
 
+@pytest.mark.parametrize("isa", gemm_kernels.available_isas())
+def test_implicit_forward_reads_a_one_panel_kernel_in_place(isa, monkeypatch):
+    """A kernel of one panel of whole vectors (Cout a multiple of the vector width, at most
+    one register tile wide) is read where it lies, without packing; with and without bias,
+    both precisions, 1 and 2 threads, batch 1 and odd sizes."""
+    monkeypatch.setattr(conv_ops, "_PARALLEL_MIN_WORK", 0)
+    old_isa, old_threads = gemm_kernels.isa(), fastnet.get_num_threads()
+    gemm_kernels.set_isa(isa)
+    rng = np.random.default_rng(12)
+    try:
+        for t in (1, 2):
+            fastnet.set_num_threads(t)
+            for cout in (4, 8, 16, 24, 32, 48, 64):
+                for dtype, tol in ((np.float64, 1e-11), (np.float32, 2e-4)):
+                    n, h, w, cin = (1, 7, 9, 5) if cout % 16 else (2, 6, 5, 3)
+                    x = rng.standard_normal((n, h, w, cin)).astype(dtype)
+                    k = rng.standard_normal((3, 3, cin, cout)).astype(dtype)
+                    b = rng.standard_normal(cout).astype(dtype)
+                    for bias in (b, None):
+                        for padding in ("valid", "same"):
+                            y = conv2d(x, k, bias, padding=padding, activation="relu",
+                                       _algorithm="implicit")
+                            ref = ref_conv2d(x.astype(np.float64), k.astype(np.float64),
+                                             None if bias is None else b.astype(np.float64),
+                                             (1, 1), padding, "relu")
+                            np.testing.assert_allclose(y, ref, rtol=tol, atol=tol)
+    finally:
+        gemm_kernels.set_isa(old_isa)
+        fastnet.set_num_threads(old_threads)
+
+
 def test_implicit_forward_does_not_depend_on_threads(monkeypatch):
     """Each output is computed by one thread in a fixed order: bitwise equal for any team; the
     backward ops are bitwise reproducible for a given team size."""

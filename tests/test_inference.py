@@ -363,3 +363,17 @@ def test_dilated_grouped_depthwise_and_fallback_layers_from_threads():
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+def test_profile_reports_every_step_and_leaves_the_output_alone(cnn):
+    fast = cnn.compile_inference()
+    x = np.random.default_rng(3).random((2, 28, 28, 1), dtype=np.float32)
+    before = fast(x)
+    prof = fast.profile(x, calls=5)
+    assert [k for k, _ in prof] == fast.plan(2)
+    assert all(t > 0 for _, t in prof)
+    np.testing.assert_array_equal(fast(x), before)
+    with pytest.raises(ValueError):
+        fast.profile(x, calls=0)
+    with pytest.raises(ValueError):
+        fast.profile(x[:, :27])

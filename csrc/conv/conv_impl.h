@@ -124,10 +124,10 @@ CV_INLINE void F(store_part)(T *dst, const V *v, int nv, int n)
 
 /* ==================================================================================== forward */
 /* One FMR x (nv vectors) tile: c[r][0:n] = act(bias + sum_s sum_q a[s*FMR + r][q] * b[boff[s] +
- * q*FNR + :]) for rows r < m.  bias: FNR entries (zero-padded). */
+ * q*ldb + :]) for rows r < m.  bias: nv*VL entries (zero-padded). */
 CV_INLINE void F(fwd_body)(ptrdiff_t nseg, ptrdiff_t L, const T *const *a, const ptrdiff_t *boff,
-                           const T *b, const T *bias, T *c, ptrdiff_t ldc, int m, int n, int relu,
-                           const int nv)
+                           const T *b, ptrdiff_t ldb, const T *bias, T *c, ptrdiff_t ldc, int m,
+                           int n, int relu, const int nv)
 {
     V acc[FMR][FNV];
 #pragma GCC unroll 16
@@ -142,7 +142,7 @@ CV_INLINE void F(fwd_body)(ptrdiff_t nseg, ptrdiff_t L, const T *const *a, const
         for (ptrdiff_t q = 0; q < L; ++q) {
             V w[FNV];
 #pragma GCC unroll 4
-            for (int v = 0; v < nv; ++v) w[v] = F(ld)(bb + q * FNR + v * VL);
+            for (int v = 0; v < nv; ++v) w[v] = F(ld)(bb + q * ldb + v * VL);
 #pragma GCC unroll 16
             for (int r = 0; r < FMR; ++r) {
                 const T xv = p[r][q];
@@ -168,24 +168,25 @@ CV_INLINE void F(fwd_body)(ptrdiff_t nseg, ptrdiff_t L, const T *const *a, const
 }
 
 static void F(fwd_tile)(ptrdiff_t nseg, ptrdiff_t L, const T *const *a, const ptrdiff_t *boff,
-                        const T *b, const T *bias, T *c, ptrdiff_t ldc, int m, int n, int relu)
+                        const T *b, ptrdiff_t ldb, const T *bias, T *c, ptrdiff_t ldc, int m,
+                        int n, int relu)
 {
     switch (cv_cdiv(n, VL)) {   /* vectors of columns: fewer FMAs on narrow edge panels */
 #if FNV > 3
-    case 3: F(fwd_body)(nseg, L, a, boff, b, bias, c, ldc, m, n, relu, 3); break;
+    case 3: F(fwd_body)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, 3); break;
 #endif
 #if FNV > 2
-    case 2: F(fwd_body)(nseg, L, a, boff, b, bias, c, ldc, m, n, relu, 2); break;
+    case 2: F(fwd_body)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, 2); break;
 #endif
 #if FNV > 1
-    case 1: F(fwd_body)(nseg, L, a, boff, b, bias, c, ldc, m, n, relu, 1); break;
+    case 1: F(fwd_body)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, 1); break;
 #endif
-    default: F(fwd_body)(nseg, L, a, boff, b, bias, c, ldc, m, n, relu, FNV);
+    default: F(fwd_body)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, FNV);
     }
 }
 
 typedef struct {
-    ptrdiff_t K, npanel, zero_len, wp, bp, zero, thread_base, per_thread, ptrs, boff, total;
+    ptrdiff_t K, npanel, zero_len, wp, bp, thread_base, per_thread, ptrs, boff, zero, total;
 } F(fwd_layout);
 
 static F(fwd_layout) F(fwd_plan)(const fn_conv_geom *g, int nthreads)
@@ -193,14 +194,14 @@ static F(fwd_layout) F(fwd_plan)(const fn_conv_geom *g, int nthreads)
     F(fwd_layout) l;
     l.K = g->kh * g->kw * g->cin;
     l.npanel = cv_cdiv(g->cout, FNR);
-    l.zero_len = g->kw * g->cin;
+    l.zero_len = cv_max(g->kw * g->cin, FNR);   /* a padded window row; a zero bias */
     l.wp = 0;
     l.bp = l.wp + F(elems)(sizeof(T) * (size_t)(l.npanel * l.K * FNR));
-    l.zero = l.bp + F(elems)(sizeof(T) * (size_t)(l.npanel * FNR));
-    l.thread_base = l.zero + F(elems)(sizeof(T) * (size_t)l.zero_len);
+    l.thread_base = l.bp + F(elems)(sizeof(T) * (size_t)(l.npanel * FNR));
     l.ptrs = 0;  /* offsets inside a thread's region */
     l.boff = F(elems)(sizeof(T *) * (size_t)(g->kh * g->kw * FMR));
-    l.per_thread = l.boff + F(elems)(sizeof(ptrdiff_t) * (size_t)(g->kh * g->kw));
+    l.zero = l.boff + F(elems)(sizeof(ptrdiff_t) * (size_t)(g->kh * g->kw));
+    l.per_thread = l.zero + F(elems)(sizeof(T) * (size_t)l.zero_len);
     l.total = l.thread_base + (ptrdiff_t)nthreads * l.per_thread;
     return l;
 }
@@ -220,8 +221,8 @@ static inline void F(advance)(const fn_conv_geom *g, ptrdiff_t by, ptrdiff_t *n,
 /* The segment table of the tile of pixels [m0, m0 + m) starting at output pixel (n, oh, ow):
  * returns the segment count, sets *L. */
 static ptrdiff_t F(fwd_table)(const fn_conv_geom *g, const T *x, const T *zero, ptrdiff_t n,
-                              ptrdiff_t oh, ptrdiff_t ow, int m, const T **a, ptrdiff_t *boff,
-                              ptrdiff_t *L)
+                              ptrdiff_t oh, ptrdiff_t ow, int m, ptrdiff_t ldb, const T **a,
+                              ptrdiff_t *boff, ptrdiff_t *L)
 {
     const ptrdiff_t cin = g->cin;
     ptrdiff_t ih0[FMR], iw0[FMR];
@@ -248,7 +249,7 @@ static ptrdiff_t F(fwd_table)(const fn_conv_geom *g, const T *x, const T *zero, 
                 a[nseg * FMR + r] = ok ? img[r] + (ih * g->w + iw0[r]) * cin : zero;
                 any |= ok;
             }
-            if (any) boff[nseg++] = i * g->kw * cin * FNR;
+            if (any) boff[nseg++] = i * g->kw * cin * ldb;
         }
     } else {            /* one segment per tap: Cin contiguous values */
         *L = cin;
@@ -261,7 +262,7 @@ static ptrdiff_t F(fwd_table)(const fn_conv_geom *g, const T *x, const T *zero, 
                     a[nseg * FMR + r] = ok ? img[r] + (ih * g->w + iw) * cin : zero;
                     any |= ok;
                 }
-                if (any) boff[nseg++] = (i * g->kw + j) * cin * FNR;
+                if (any) boff[nseg++] = (i * g->kw + j) * cin * ldb;
             }
     }
     return nseg;
@@ -280,28 +281,35 @@ static void F(forward)(const fn_conv_geom *g, const T *x, const T *w, const T *b
     const ptrdiff_t P = g->oh * g->ow, M = g->n * P, ntiles = cv_cdiv(M, FMR);
     const ptrdiff_t gsize = cv_max(1, cv_min(npanel, CV_FWD_GROUP_BYTES /
                                              cv_max(1, K * FNR * (ptrdiff_t)sizeof(T))));
-    T *wp = ws + l.wp, *bp = ws + l.bp, *zero = ws + l.zero;
+    /* One panel of whole vectors is already the packed layout with row stride cout: the kernel
+     * is read in place (no copy, no barrier: a batch-1 call is a few microseconds). */
+    const int in_place = npanel == 1 && cout % VL == 0;
+    const ptrdiff_t ldb = in_place ? cout : FNR;
+    T *wp = in_place ? (T *)w : ws + l.wp, *bp = ws + l.bp;
     CV_PRAGMA(omp parallel num_threads(nthreads) if (nthreads > 1))
     {
         CV_FTZ_BEGIN
         const int team = CV_TEAM_SIZE(), tid = CV_THREAD_ID();
-        /* pack: wp[p][k][0:FNR] = w[k][p*FNR : p*FNR + FNR], zero-padded columns */
-        CV_PRAGMA(omp for schedule(static))
-        for (ptrdiff_t pk = 0; pk < npanel * K; ++pk) {
-            const ptrdiff_t p = pk / K, k = pk - p * K, c0 = p * FNR, nc = cv_min(FNR, cout - c0);
-            T *d = wp + pk * FNR;
-            memcpy(d, w + k * cout + c0, (size_t)nc * sizeof(T));
-            if (nc < FNR) memset(d + nc, 0, (size_t)(FNR - nc) * sizeof(T));
-        }
-        CV_PRAGMA(omp single)
-        {
-            for (ptrdiff_t c = 0; c < npanel * FNR; ++c) bp[c] = bias && c < cout ? bias[c] : (T)0;
-            memset(zero, 0, (size_t)l.zero_len * sizeof(T));
-        }
-        /* implicit barriers above: the packed kernel is complete */
         T *mine = ws + l.thread_base + (ptrdiff_t)tid * l.per_thread;
         const T **a = (const T **)(mine + l.ptrs);
         ptrdiff_t *boff = (ptrdiff_t *)(mine + l.boff);
+        T *zero = mine + l.zero;
+        memset(zero, 0, (size_t)l.zero_len * sizeof(T));
+        const T *bv = in_place ? (bias ? bias : zero) : bp;
+        if (!in_place) {
+            /* pack: wp[p][k][0:FNR] = w[k][p*FNR : p*FNR + FNR], zero-padded columns */
+            CV_PRAGMA(omp for schedule(static))
+            for (ptrdiff_t pk = 0; pk < npanel * K; ++pk) {
+                const ptrdiff_t p = pk / K, k = pk - p * K, c0 = p * FNR;
+                const ptrdiff_t nc = cv_min(FNR, cout - c0);
+                T *d = wp + pk * FNR;
+                memcpy(d, w + k * cout + c0, (size_t)nc * sizeof(T));
+                if (nc < FNR) memset(d + nc, 0, (size_t)(FNR - nc) * sizeof(T));
+            }
+            CV_PRAGMA(omp single)
+            for (ptrdiff_t c = 0; c < npanel * FNR; ++c) bp[c] = bias && c < cout ? bias[c] : (T)0;
+            /* implicit barriers above: the packed kernel is complete */
+        }
         /* Units (panel group, tile, panel): an even contiguous share per thread. */
         const ptrdiff_t U = ntiles * npanel;
         const ptrdiff_t u0 = U * tid / team, u1 = U * (tid + 1) / team;
@@ -315,9 +323,9 @@ static void F(forward)(const fn_conv_geom *g, const T *x, const T *w, const T *b
         for (ptrdiff_t u = u0; u < u1; ++u) {
             const ptrdiff_t m0 = tile * FMR, p = grp * gsize + pi;
             const int m = (int)cv_min(FMR, M - m0);
-            if (fresh) nseg = F(fwd_table)(g, x, zero, n, oh, ow, m, a, boff, &L);
-            F(fwd_tile)(nseg, L, a, boff, wp + p * K * FNR, bp + p * FNR, y + m0 * cout + p * FNR,
-                        cout, m, (int)cv_min(FNR, cout - p * FNR), relu);
+            if (fresh) nseg = F(fwd_table)(g, x, zero, n, oh, ow, m, ldb, a, boff, &L);
+            F(fwd_tile)(nseg, L, a, boff, wp + p * K * FNR, ldb, bv + p * FNR,
+                        y + m0 * cout + p * FNR, cout, m, (int)cv_min(FNR, cout - p * FNR), relu);
             fresh = ++pi == gs;
             if (fresh) {    /* next tile (or the next group's first tile) */
                 pi = 0;

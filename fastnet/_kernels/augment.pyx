@@ -23,11 +23,231 @@ Coordinates within 1e-9 of an integer are snapped to it: cos(pi / 2) is not exac
 floating point, and the snap keeps a 90-degree rotation or an integer shift an exact copy.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport free, malloc
 from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memcpy
 
 from fastnet._kernels._vecmath cimport split_bound
+
+cdef extern from *:
+    """
+    /* AVX-512 warps of one-channel float32 images with bilinear sampling and a constant fill
+       (MNIST-style augmentation), whole images at a time; warp() falls back to _warp_row
+       for everything else.  Measured on Zen 4, 64 28x28 images, 1 thread: a +-7 degree
+       rotation 110 us (scalar 380), a translation 20 us (scalar 195).
+
+       fn_warp_image1_avx512: an affine map, 8 pixels per step.  The coordinates and their
+       snap are _warp_row's (double, the same products and sums, the snap of _split); the
+       weights and the blend are float32 (8 lanes of ymm cost half as much as 8 of double zmm
+       on Zen 4), a zero-weight neighbour adding nothing: within an ulp of the scalar code,
+       exact where the weights are 0 / 1 (a 90-degree turn, an integer shift).  The image is
+       first copied into pad with a zero border (FN_WARP_PAD_*), so every neighbour read is
+       valid memory once x0, y0 are clamped to [-2, W], [-2, H]; the fill is selected by mask
+       where a neighbour is outside the image.  x0 and y0 are monotone along a row, so lanes
+       0 and 7 bound the step's windows: when they lie in two rows and 15 columns (small
+       rotations, zooms near 1) the neighbours are two-register permutes of three 16-float
+       loads, else 64-bit gathers of neighbour pairs.  The caller checks that the corners'
+       coordinates are within +-2**30, so the int32 indices are exact.
+
+       fn_warp_shift1_avx512: a pure translation, 16 pixels per step from masked loads (see
+       there). */
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    #include <immintrin.h>
+    #define FN_WARP_HAVE_AVX512 1
+    #define FN_WARP_PAD_W(W) ((W) + 20)    /* 2 left, 18 right: 16-float loads stay inside */
+    #define FN_WARP_PAD_H(H) ((H) + 5)     /* 2 above, 3 below */
+    /* v = floor part of v (snapped as _split), *f its fraction */
+    static inline double fn_warp_split(double v, double *f)
+    {
+        double fl = __builtin_floor(v), fr = v - fl;
+        if (fr < 1e-9) fr = 0.0;
+        else if (fr > 1.0 - 1e-9) { fr = 0.0; fl += 1.0; }
+        *f = fr;
+        return fl;
+    }
+    /* A pure translation (source = (ox + dx, oy + dy)): every pixel of a row has the same
+       four weights and reads two contiguous runs of two input rows, so 16 pixels are four
+       masked loads (lanes outside the image take the fill; masked lanes never fault) and
+       four multiply-adds in float32.  The weights come from the shifts' fractions, as the
+       span path of _warp_row: within an ulp of the weight of the general path, which rounds
+       ox + dx first.  A zero weight's term is skipped, as there. */
+    __attribute__((target("avx512f,avx512vl,avx512dq")))
+    static void fn_warp_shift1_avx512(const float *img, float *out, ptrdiff_t H, ptrdiff_t W,
+                                      ptrdiff_t OH, ptrdiff_t OW, double dx, double dy,
+                                      double fill)
+    {
+        double fx, fy;
+        const double kx = fn_warp_split(dx, &fx);
+        /* shifts beyond the image are all fill: clamp so the int arithmetic stays small */
+        const ptrdiff_t k = kx < -(double)(OW + 2) ? -(OW + 2) : kx > (double)(W + 2) ? W + 2
+                            : (ptrdiff_t)kx;
+        const __m512 vfill = _mm512_set1_ps((float)fill);
+        const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2,
+                                              1, 0);
+        const __m512i iw = _mm512_set1_epi32((int)W), ione = _mm512_set1_epi32(1);
+        for (ptrdiff_t oy = 0; oy < OH; ++oy) {
+            const double kyd = fn_warp_split(1.0 * (double)oy + dy, &fy);
+            const ptrdiff_t ky = kyd < -2.0 ? -2 : kyd > (double)H ? H : (ptrdiff_t)kyd;
+            const float w00 = (float)((1.0 - fx) * (1.0 - fy)), w01 = (float)(fx * (1.0 - fy));
+            const float w10 = (float)((1.0 - fx) * fy), w11 = (float)(fx * fy);
+            const int row0 = ky >= 0 && ky < H, row1 = ky + 1 >= 0 && ky + 1 < H && fy > 0.0;
+            const float *r0 = img + (row0 ? ky : 0) * W, *r1 = img + (row1 ? ky + 1 : 0) * W;
+            float *orow = out + oy * OW;
+            for (ptrdiff_t ox = 0; ox < OW; ox += 16) {
+                const __mmask16 live = OW - ox >= 16 ? 0xffff
+                                                     : (__mmask16)((1u << (OW - ox)) - 1);
+                const __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32((int)(ox + k)), lane);
+                const __m512i c1 = _mm512_add_epi32(c0, ione);
+                const __mmask16 in0 = _mm512_cmplt_epu32_mask(c0, iw) & live;
+                const __mmask16 in1 = _mm512_cmplt_epu32_mask(c1, iw) & live & (fx > 0.0 ? 0xffff : 0);
+                /* the masked loads address ox + k (+1) of a row; lanes outside are not read */
+                const ptrdiff_t at = ox + k;
+                __m512 v = _mm512_mul_ps(_mm512_set1_ps(w00),
+                    row0 ? _mm512_mask_loadu_ps(vfill, in0, r0 + at) : vfill);
+                if (w01 != 0.0f)
+                    v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(w01),
+                        row0 ? _mm512_mask_loadu_ps(vfill, in1, r0 + at + 1) : vfill));
+                if (w10 != 0.0f)
+                    v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(w10),
+                        row1 ? _mm512_mask_loadu_ps(vfill, in0, r1 + at) : vfill));
+                if (w11 != 0.0f)
+                    v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(w11),
+                        row1 ? _mm512_mask_loadu_ps(vfill, in1, r1 + at + 1) : vfill));
+                _mm512_mask_storeu_ps(orow + ox, live, v);
+            }
+        }
+    }
+    __attribute__((target("avx512f,avx512vl,avx512dq")))
+    static void fn_warp_image1_avx512(const float *img, float *pad, float *out, ptrdiff_t H,
+                                      ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, const double *t,
+                                      double fill)
+    {
+        if (t[0] == 1.0 && t[1] == 0.0 && t[3] == 0.0 && t[4] == 1.0) {
+            fn_warp_shift1_avx512(img, out, H, W, OH, OW, t[2], t[5], fill);
+            return;
+        }
+        const ptrdiff_t PW = FN_WARP_PAD_W(W);
+        memset(pad, 0, (size_t)(2 * PW) * sizeof(float));
+        for (ptrdiff_t r = 0; r < H; ++r) {
+            float *d = pad + (r + 2) * PW;
+            d[0] = d[1] = 0.0f;
+            memcpy(d + 2, img + r * W, (size_t)W * sizeof(float));
+            memset(d + W + 2, 0, 18 * sizeof(float));
+        }
+        memset(pad + (H + 2) * PW, 0, (size_t)(3 * PW) * sizeof(float));
+        const float *org = pad + 2 * PW + 2;                      /* pixel (0, 0) */
+        const double *base = (const double *)(const void *)org;   /* gathers of float pairs */
+        const __m512d vtx = _mm512_set1_pd(t[0]), vty = _mm512_set1_pd(t[3]);
+        const __m512d one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
+        const __m512d snap = _mm512_set1_pd(1e-9), top = _mm512_set1_pd(1.0 - 1e-9);
+        const __m256 sfill = _mm256_set1_ps((float)fill), fone = _mm256_set1_ps(1.0f);
+        const __m256 fzero = _mm256_setzero_ps();
+        const __m512d lox = _mm512_set1_pd(-2.0), hix = _mm512_set1_pd((double)W);
+        const __m512d hiy = _mm512_set1_pd((double)H);
+        const __m256i iw = _mm256_set1_epi32((int)W), ih = _mm256_set1_epi32((int)H);
+        const __m256i ione = _mm256_set1_epi32(1), ipw = _mm256_set1_epi32((int)PW);
+        const __m512d step = _mm512_set_pd(7, 6, 5, 4, 3, 2, 1, 0);
+        for (ptrdiff_t oy = 0; oy < OH; ++oy) {
+            const __m512d vbx = _mm512_set1_pd(t[1] * (double)oy + t[2]);
+            const __m512d vby = _mm512_set1_pd(t[4] * (double)oy + t[5]);
+            float *orow = out + oy * OW;
+            for (ptrdiff_t ox = 0; ox < OW; ox += 8) {
+                const __mmask8 live = OW - ox >= 8 ? 0xff : (__mmask8)((1u << (OW - ox)) - 1);
+                const __m512d vox = _mm512_add_pd(_mm512_set1_pd((double)ox), step);
+                const __m512d xf = _mm512_add_pd(_mm512_mul_pd(vtx, vox), vbx);
+                const __m512d yf = _mm512_add_pd(_mm512_mul_pd(vty, vox), vby);
+                __m512d flx = _mm512_roundscale_pd(xf, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+                __m512d fly = _mm512_roundscale_pd(yf, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+                __m512d fx = _mm512_sub_pd(xf, flx), fy = _mm512_sub_pd(yf, fly);
+                const __mmask8 upx = _mm512_cmp_pd_mask(fx, top, _CMP_GT_OQ);
+                const __mmask8 upy = _mm512_cmp_pd_mask(fy, top, _CMP_GT_OQ);
+                flx = _mm512_mask_add_pd(flx, upx, flx, one);
+                fly = _mm512_mask_add_pd(fly, upy, fly, one);
+                fx = _mm512_mask_mov_pd(fx, upx | _mm512_cmp_pd_mask(fx, snap, _CMP_LT_OQ), zero);
+                fy = _mm512_mask_mov_pd(fy, upy | _mm512_cmp_pd_mask(fy, snap, _CMP_LT_OQ), zero);
+                const __m256i x0 = _mm512_cvttpd_epi32(_mm512_min_pd(_mm512_max_pd(flx, lox), hix));
+                const __m256i y0 = _mm512_cvttpd_epi32(_mm512_min_pd(_mm512_max_pd(fly, lox), hiy));
+                const __m256i x1 = _mm256_add_epi32(x0, ione), y1 = _mm256_add_epi32(y0, ione);
+                /* the weights and the blend in float32 (8 lanes of ymm: half the cost of
+                   double zmm on Zen 4); the coordinates and their snap stay double */
+                const __m256 sfx = _mm512_cvtpd_ps(fx), sfy = _mm512_cvtpd_ps(fy);
+                const __m256 gx = _mm256_sub_ps(fone, sfx), gy = _mm256_sub_ps(fone, sfy);
+                const __m256 w00 = _mm256_mul_ps(gx, gy), w01 = _mm256_mul_ps(sfx, gy);
+                const __m256 w10 = _mm256_mul_ps(gx, sfy), w11 = _mm256_mul_ps(sfx, sfy);
+                const __mmask8 inx0 = _mm256_cmplt_epu32_mask(x0, iw);
+                const __mmask8 inx1 = _mm256_cmplt_epu32_mask(x1, iw);
+                const __mmask8 iny0 = _mm256_cmplt_epu32_mask(y0, ih);
+                const __mmask8 iny1 = _mm256_cmplt_epu32_mask(y1, ih);
+                /* x0 and y0 are monotone along the row (an affine map, floor and clamp are
+                   monotone): lanes 0 and 7 bound them */
+                const int xa = _mm256_extract_epi32(x0, 0), xb = _mm256_extract_epi32(x0, 7);
+                const int ya = _mm256_extract_epi32(y0, 0), yb = _mm256_extract_epi32(y0, 7);
+                const int xlo = xa < xb ? xa : xb, ylo = ya < yb ? ya : yb;
+                __m256 f00, f01, f10, f11;
+                if ((xa - xb <= 14 && xb - xa <= 14) && (ya - yb <= 1 && yb - ya <= 1)) {
+                    /* the 8 windows lie in rows ylo .. ylo + 2, columns xlo .. xlo + 15:
+                       three 16-float loads and two-register permutes, no gathers */
+                    const float *r = org + (ptrdiff_t)ylo * PW + xlo;
+                    const __m512 ra = _mm512_loadu_ps(r), rb = _mm512_loadu_ps(r + PW);
+                    const __m512 rc = _mm512_loadu_ps(r + 2 * PW);
+                    const __m256i i = _mm256_add_epi32(
+                        _mm256_sub_epi32(x0, _mm256_set1_epi32(xlo)),
+                        _mm256_slli_epi32(_mm256_sub_epi32(y0, _mm256_set1_epi32(ylo)), 4));
+                    const __m512i i0 = _mm512_castsi256_si512(i);
+                    const __m512i i1 = _mm512_castsi256_si512(_mm256_add_epi32(i, ione));
+                    f00 = _mm512_castps512_ps256(_mm512_permutex2var_ps(ra, i0, rb));
+                    f01 = _mm512_castps512_ps256(_mm512_permutex2var_ps(ra, i1, rb));
+                    f10 = _mm512_castps512_ps256(_mm512_permutex2var_ps(rb, i0, rc));
+                    f11 = _mm512_castps512_ps256(_mm512_permutex2var_ps(rb, i1, rc));
+                } else {
+                    const __m256i i0 = _mm256_add_epi32(_mm256_mullo_epi32(y0, ipw), x0);
+                    const __m512i q0 = _mm512_castpd_si512(_mm512_i32gather_pd(i0, base, 4));
+                    const __m512i q1 = _mm512_castpd_si512(_mm512_i32gather_pd(
+                        _mm256_add_epi32(i0, ipw), base, 4));
+                    f00 = _mm256_castsi256_ps(_mm512_cvtepi64_epi32(q0));
+                    f01 = _mm256_castsi256_ps(_mm512_cvtepi64_epi32(_mm512_srli_epi64(q0, 32)));
+                    f10 = _mm256_castsi256_ps(_mm512_cvtepi64_epi32(q1));
+                    f11 = _mm256_castsi256_ps(_mm512_cvtepi64_epi32(_mm512_srli_epi64(q1, 32)));
+                }
+                const __m256 p00 = _mm256_mask_mov_ps(sfill, inx0 & iny0, f00);
+                const __m256 p01 = _mm256_mask_mov_ps(sfill, inx1 & iny0, f01);
+                const __m256 p10 = _mm256_mask_mov_ps(sfill, inx0 & iny1, f10);
+                const __m256 p11 = _mm256_mask_mov_ps(sfill, inx1 & iny1, f11);
+                __m256 v = _mm256_mul_ps(w00, p00);    /* zero-weight terms are skipped */
+                v = _mm256_mask3_fmadd_ps(w01, p01, v, _mm256_cmp_ps_mask(w01, fzero, _CMP_NEQ_UQ));
+                v = _mm256_mask3_fmadd_ps(w10, p10, v, _mm256_cmp_ps_mask(w10, fzero, _CMP_NEQ_UQ));
+                v = _mm256_mask3_fmadd_ps(w11, p11, v, _mm256_cmp_ps_mask(w11, fzero, _CMP_NEQ_UQ));
+                _mm256_mask_storeu_ps(orow + ox, live, v);
+            }
+        }
+    }
+    static int fn_warp_simd = -1;     /* -1: not yet probed */
+    static int fn_warp_simd_on(void)
+    {
+        if (fn_warp_simd < 0) fn_warp_simd = __builtin_cpu_supports("avx512f") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+        return fn_warp_simd;
+    }
+    #else
+    #define FN_WARP_HAVE_AVX512 0
+    #define FN_WARP_PAD_W(W) (W)
+    #define FN_WARP_PAD_H(H) (H)
+    static int fn_warp_simd = 0;
+    static int fn_warp_simd_on(void) { return 0; }
+    static void fn_warp_image1_avx512(const float *img, float *pad, float *out, ptrdiff_t H,
+                                      ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, const double *t,
+                                      double fill) {}
+    #endif
+    """
+    int FN_WARP_HAVE_AVX512
+    Py_ssize_t FN_WARP_PAD_W(Py_ssize_t W) noexcept nogil
+    Py_ssize_t FN_WARP_PAD_H(Py_ssize_t H) noexcept nogil
+    int fn_warp_simd
+    int fn_warp_simd_on() noexcept nogil
+    void fn_warp_image1_avx512(const float *img, float *pad, float *out, Py_ssize_t H,
+                               Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, const double *t,
+                               double fill) noexcept nogil
 
 cdef enum:
     FILL_CONSTANT = 0
@@ -190,6 +410,23 @@ cdef void _warp_row(const floating *img, floating *out, Py_ssize_t H, Py_ssize_t
             o[c] = <floating>v
 
 
+cdef bint _affine_in_range(const double *t, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """Whether t is affine and maps every output pixel within +-COORD_LIMIT (the corners
+    suffice): what _warp_row's affine path needs on every row."""
+    cdef double xs = t[0] * (OW - 1), ys = t[3] * (OW - 1), bx, by
+    cdef Py_ssize_t oy, k
+    if t[6] != 0.0 or t[7] != 0.0:
+        return False
+    for k in range(2):
+        oy = k * (OH - 1)
+        bx = t[1] * oy + t[2]
+        by = t[4] * oy + t[5]
+        if not (-COORD_LIMIT < bx < COORD_LIMIT and -COORD_LIMIT < bx + xs < COORD_LIMIT and
+                -COORD_LIMIT < by < COORD_LIMIT and -COORD_LIMIT < by + ys < COORD_LIMIT):
+            return False
+    return True
+
+
 cdef inline bint _inside(double v, Py_ssize_t n) noexcept nogil:
     """Bilinear sampling at v reads indices floor(v) and floor(v) + 1, both in [0, n), even
     after the snap of ``_split`` (kept clear of it by the margins)."""
@@ -320,6 +557,16 @@ cdef inline void _axpy(floating *dst, const floating *src, double a,
         dst[c] = dst[c] + <floating>(a * src[c])
 
 
+def simd_warp(enabled=None):
+    """Whether float32 one-channel affine bilinear warps with a constant fill use the AVX-512
+    row kernel (the CPU has it and it is not switched off); ``enabled`` = False / True switches
+    it off / back on (for tests: both paths must give the same pixels)."""
+    global fn_warp_simd
+    if enabled is not None:
+        fn_warp_simd = -1 if enabled and FN_WARP_HAVE_AVX512 else 0
+    return bool(fn_warp_simd_on())
+
+
 def warp(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
          const double[:, ::1] transforms, int interpolation, int fill_mode, double fill_value,
          int nthreads):
@@ -331,6 +578,25 @@ def warp(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
     cdef const floating *px = &x[0, 0, 0, 0]
     cdef floating *py = &y[0, 0, 0, 0]
     cdef const double *pt = &transforms[0, 0]
+    cdef float *pad
+    if floating is float:
+        # one-channel batches with a constant fill: whole images on the AVX-512 kernel
+        if C == 1 and interpolation == INTERP_BILINEAR and fill_mode == FILL_CONSTANT \
+                and N >= nthreads and FN_WARP_PAD_H(H) * FN_WARP_PAD_W(W) < (1 << 30) \
+                and OW < (1 << 30) \
+                and fn_warp_simd_on():
+            with nogil, parallel(num_threads=nthreads):
+                pad = <float *>malloc(FN_WARP_PAD_H(H) * FN_WARP_PAD_W(W) * sizeof(float))
+                for b in prange(N, schedule='static'):
+                    if pad != NULL and _affine_in_range(pt + 8 * b, OH, OW):
+                        fn_warp_image1_avx512(px + b * H * W, pad, py + b * OH * OW, H, W, OH,
+                                              OW, pt + 8 * b, fill_value)
+                    else:
+                        for oy in range(OH):
+                            _warp_row(px + b * H * W, py + (b * OH + oy) * OW, H, W, 1, OW, oy,
+                                      pt + 8 * b, interpolation, fill_mode, fill_value)
+                free(pad)
+            return
     for r in prange(N * OH, nogil=True, num_threads=nthreads, schedule='static'):
         b = r // OH
         oy = r - b * OH

@@ -49,6 +49,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastnet._kernels._vecmath cimport fn_ftz_begin, fn_ftz_end, split_bound
 from fastnet._kernels.gemm cimport (
@@ -1098,6 +1099,48 @@ cdef class Program:
                 if self.out_ext[i]:
                     self.ptr[self.out_slots[i]] = NULL
         return outs
+
+    def step_times(self, xs, outs, int calls=100):
+        """Mean seconds per step over ``calls`` runs of ``run(xs, outs)`` (a list, one float
+        per step, in order): where a planned forward pass spends its time."""
+        cdef int i, c, rc = 0
+        cdef double *acc
+        cdef timespec t0, t1
+        cdef list errors = []
+        if calls < 1:
+            raise ValueError(f"calls must be >= 1, got {calls}")
+        self.run(xs, outs)          # checks the arrays; warms the caches
+        acc = <double *>calloc(max(self.nsteps, 1), sizeof(double))
+        if acc == NULL:
+            raise MemoryError()
+        try:
+            for i in range(self.n_in):
+                self.ptr[i] = cnp.PyArray_DATA(<cnp.ndarray>xs[i])
+            for i in range(self.n_out):
+                if self.out_ext[i]:
+                    self.ptr[self.out_slots[i]] = cnp.PyArray_DATA(<cnp.ndarray>outs[i])
+            with nogil:
+                for c in range(calls):
+                    for i in range(self.nsteps):
+                        clock_gettime(CLOCK_MONOTONIC, &t0)
+                        rc = _run_step(&self.steps[i], self.ptr, self.ptr[self.ws_slot],
+                                       self.dbl, self.item, <PyObject *>errors)
+                        clock_gettime(CLOCK_MONOTONIC, &t1)
+                        acc[i] += (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9
+                        if rc != 0:
+                            break
+                    if rc != 0:
+                        break
+            if rc != 0:
+                raise errors[0]
+            return [acc[i] / calls for i in range(self.nsteps)]
+        finally:
+            free(acc)
+            for i in range(self.n_in):
+                self.ptr[i] = NULL
+            for i in range(self.n_out):
+                if self.out_ext[i]:
+                    self.ptr[self.out_slots[i]] = NULL
 
     @property
     def num_steps(self):
