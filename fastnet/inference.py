@@ -128,7 +128,10 @@ class _Weights:
         return target
 
     def stale(self):
-        return any(params.get(name) is not arr for params, name, arr in self.refs)
+        for params, name, arr in self.refs:     # a loop: a generator costs ~1 us per call
+            if params.get(name) is not arr:
+                return True
+        return False
 
     def refresh(self):
         for target, compute in self.derived:
@@ -861,13 +864,16 @@ class CompiledModel:
     def predict(self, x, batch_size=None, verbose=0):
         """Outputs for every sample of x, computed ``batch_size`` (default 32) at a time."""
         from fastnet.models.model import _check_batch_size, _check_verbose
-        from fastnet.utils.progbar import Progbar
         batch_size = _check_batch_size(batch_size)
         verbose = _check_verbose(verbose)
         xs = [np.asarray(v) for v in ([x] if self._single_in else x)]
         n = xs[0].shape[0] if xs and xs[0].ndim else 0
         if n == 0:
             raise ValueError("predict: x is empty; need at least one sample")
+        if n <= batch_size and verbose == 0 and self._single_in and self._single_out:
+            xb = self._inputs(xs[0])[0]          # one batch: one run, no progress bar
+            return self._program(n).run1(xb, np.empty((n,) + self._out_shapes[0], self.dtype))
+        from fastnet.utils.progbar import Progbar
         results = [np.empty((n,) + s, self.dtype) for s in self._out_shapes]
         steps = -(-n // batch_size)
         bar = Progbar(steps, verbose=verbose)
