@@ -5,12 +5,14 @@
    classic Keras CNN's training step (batch 64, Adam) consumes them.  The pipeline is timed
    single-threaded, as it runs on the prefetch thread.  PyTorch's affine_grid + grid_sample
    (the same bilinear warp, zero padding) on the same batch is the peer for the warp itself.
-2. overlap: one training epoch fed by the prefetching Dataset (augmenting on its background
-   thread) takes no more than 1.05x an epoch over pre-made (pre-augmented) arrays.  Epochs of
-   the two kinds alternate on one model; medians over --rounds.
+2. overlap: one training epoch fed by the prefetching Dataset takes no more than 1.05x an
+   epoch over pre-made (pre-augmented) arrays.  Epochs of the two kinds alternate on one
+   model; the median of the back-to-back pairs' ratios.  ``prefetch()`` augments on a
+   background thread when a core is free of the training threads, else on the training
+   thread with every kernel thread (--prefetch thread / inline forces one or the other).
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_data.py [--threads 2] [--rounds 5]
-                                                           [--epoch-rounds 15]
+                          [--epoch-rounds 15] [--prefetch auto|thread|inline]
 
 Uses the bundled 4,000-image MNIST sample (no download).  Timings on a shared machine are
 noisy: the figures that matter are the ratios, measured in the same run.
@@ -30,6 +32,7 @@ import fastnet  # noqa: E402
 from fastnet import preprocessing as pp  # noqa: E402
 from fastnet.cli import build_classic_cnn  # noqa: E402
 from fastnet.data import Dataset  # noqa: E402
+from fastnet.data import dataset as dataset_module  # noqa: E402
 from fastnet.datasets import load_digits  # noqa: E402
 from fastnet.ops import augment as aug_ops  # noqa: E402
 
@@ -42,10 +45,10 @@ def _augmenters(seed):
     return lambda x, y: (trans(rot(x, training=True), training=True), y)
 
 
-def pipeline(x, y, seed=0, prefetch=True):
+def pipeline(x, y, seed=0, prefetch=True, background=None):
     ds = (Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(BATCH)
           .map(_augmenters(seed)))
-    return ds.prefetch(2) if prefetch else ds
+    return ds.prefetch(2, background=background) if prefetch else ds
 
 
 def time_pipeline(x, y, rounds):
@@ -100,13 +103,13 @@ def time_torch_warp(x, threads, rounds):
     return statistics.median(per)
 
 
-def time_epochs(model, x, y, x_aug, y_aug, rounds):
+def time_epochs(model, x, y, x_aug, y_aug, rounds, background=None):
     """(array epoch seconds, pipeline epoch seconds, median of the per-round ratios, arrays,
     piped): the two kinds alternate, the order swapped every round, and each round's ratio
     compares epochs run back to back, so the drift of a shared machine (epoch times moving by
     10-20% over a minute here) cancels out of the ratio."""
     arrays, piped, ratios = [], [], []
-    ds = pipeline(x, y, seed=1)
+    ds = pipeline(x, y, seed=1, background=background)
     model.fit(x_aug, y_aug, batch_size=BATCH, epochs=1, verbose=0)   # warm both paths up
     model.fit(ds, epochs=1, verbose=0)
     for r in range(rounds):
@@ -131,6 +134,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epoch-rounds", type=int, default=15,
                         help="pairs of epochs (arrays, pipeline) for the overlap ratio")
+    parser.add_argument("--prefetch", choices=("auto", "thread", "inline"), default="auto",
+                        help="Dataset.prefetch's background argument: None, True, False")
     args = parser.parse_args(argv)
     fastnet.set_num_threads(args.threads)
     fastnet.utils.set_random_seed(0)
@@ -163,8 +168,12 @@ def main(argv=None):
 
     x_aug = np.concatenate([b[0] for b in pipeline(x, y, seed=2, prefetch=False)])
     y_aug = np.concatenate([b[1] for b in pipeline(x, y, seed=2, prefetch=False)])
+    background = {"auto": None, "thread": True, "inline": False}[args.prefetch]
     t_arr, t_ds, ratio, arrays, piped = time_epochs(model, x, y, x_aug, y_aug,
-                                                    args.epoch_rounds)
+                                                    args.epoch_rounds, background)
+    mode = "thread" if (dataset_module._spare_core() if background is None else background) \
+        else "training thread"
+    print(f"prefetch={args.prefetch}: the pipeline ran on the {mode}")
     print(f"epoch on pre-made arrays      : {t_arr:8.3f} s  "
           f"({', '.join(f'{v:.2f}' for v in arrays)})")
     print(f"epoch on prefetching pipeline : {t_ds:8.3f} s  "

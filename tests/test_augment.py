@@ -224,7 +224,9 @@ def test_simd_warp_matches_the_scalar_path_and_the_reference():
     # the AVX-512 kernels (one-channel float32, bilinear, constant fill) against the scalar
     # rows and the NumPy reference: small and large rotations (the permute and the gather
     # paths), zooms, shears, pure translations (the masked-load path) including far outside
-    # the image, odd sizes, 1-pixel images and output sizes other than the input's
+    # the image, odd sizes, 1-pixel images and output sizes other than the input's.  The
+    # kernel computes coordinates in float32 away from integers (as PyTorch's grid_sample
+    # does): ~1e-5 pixel, so ~1e-4 on these standard-normal images
     from fastnet._kernels import augment as K
     rng = np.random.default_rng(31)
     for (n, h, w, oh, ow) in [(7, 28, 28, 28, 28), (5, 9, 13, 11, 7), (4, 1, 1, 3, 2),
@@ -246,9 +248,10 @@ def test_simd_warp_matches_the_scalar_path_and_the_reference():
                     slow = A.warp(x, t, (oh, ow), fill_mode="constant", fill_value=fill)
                 finally:
                     K.simd_warp(True)
-                np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-6)
+                np.testing.assert_allclose(fast, slow, rtol=3e-4, atol=3e-4)
                 ref = ref_warp(x, t, (oh, ow), "bilinear", "constant", fill)
-                np.testing.assert_allclose(fast, ref, rtol=2e-5, atol=2e-5)
+                np.testing.assert_allclose(fast, ref, rtol=3e-4, atol=3e-4)
+                assert np.abs(fast - ref).mean() < 1e-5
     # exact cases on the SIMD path: a quarter turn, the identity, integer shifts
     x = _images(rng, 4, 28, 28, 1, np.float32)
     np.testing.assert_array_equal(A.warp(x, A.rotation_transforms(np.full(4, np.pi / 2), 28,

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+import fastnet
 from fastnet import layers, models, optimizers
 from fastnet import preprocessing as pp
 from fastnet.data import (INFINITE, UNKNOWN, Dataset, is_dataset_like, train_test_split,
@@ -133,7 +134,7 @@ def test_prefetch_runs_upstream_on_a_background_thread_and_overlaps():
         time.sleep(0.02)
         return v
 
-    ds = Dataset.from_tensor_slices(np.arange(6)).map(slow).prefetch(6)
+    ds = Dataset.from_tensor_slices(np.arange(6)).map(slow).prefetch(6, background=True)
     it = iter(ds)
     time.sleep(0.3)                            # the thread fills the queue meanwhile
     t0 = time.perf_counter()
@@ -148,23 +149,54 @@ def test_prefetch_propagates_errors_and_stops_when_abandoned():
             raise ZeroDivisionError("bad element 3")
         return v
 
-    it = iter(Dataset.from_tensor_slices(np.arange(10)).map(boom).prefetch(2))
+    it = iter(Dataset.from_tensor_slices(np.arange(10)).map(boom).prefetch(2, background=True))
     assert [next(it) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(ZeroDivisionError, match="bad element 3"):
         next(it)
     with pytest.raises(StopIteration):
         next(it)
-    it = iter(Dataset.from_tensor_slices(np.arange(10 ** 6)).repeat().prefetch(2))
+    it = iter(Dataset.from_tensor_slices(np.arange(10 ** 6)).repeat().prefetch(2, background=True))
     next(it)
     thread = it._thread
     it.close()
     assert not thread.is_alive()
-    it = iter(Dataset.from_tensor_slices(np.arange(10 ** 6)).repeat().prefetch(2))
+    it = iter(Dataset.from_tensor_slices(np.arange(10 ** 6)).repeat().prefetch(2, background=True))
     next(it)
     thread = it._thread
     del it                                      # abandoned without close()
     thread.join(timeout=5.0)
     assert not thread.is_alive()
+
+
+def test_prefetch_uses_a_thread_only_when_a_core_is_free(monkeypatch):
+    from fastnet.data import dataset as dsmod
+    seen = []
+
+    def where(v):
+        seen.append(threading.current_thread().name)
+        return v
+
+    base = Dataset.from_tensor_slices(np.arange(4)).map(where)
+    main = threading.current_thread().name
+    for cpus, threads, expect in ((4, 2, "fastnet-prefetch"), (2, 2, main), (2, 1,
+                                                                            "fastnet-prefetch")):
+        monkeypatch.setattr(dsmod.os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)),
+                            raising=False)
+        old = fastnet.get_num_threads()
+        fastnet.set_num_threads(threads)
+        try:
+            seen.clear()
+            assert list(base.prefetch(2)) == [0, 1, 2, 3]
+            assert set(seen) == {expect}, (cpus, threads)
+        finally:
+            fastnet.set_num_threads(old)
+    seen.clear()
+    assert list(base.prefetch(2, background=False)) == [0, 1, 2, 3] and set(seen) == {main}
+    seen.clear()
+    assert list(base.prefetch(2, background=True)) == [0, 1, 2, 3]
+    assert set(seen) == {"fastnet-prefetch"}
+    with pytest.raises(TypeError, match="background"):
+        base.prefetch(2, background="yes")
 
 
 def test_augmented_prefetched_pipeline_is_reproducible_bitwise():

@@ -36,12 +36,14 @@ run to the end of each pass is reproducible bitwise; a pass abandoned mid-way un
 """
 import collections.abc
 import numbers
+import os
 import queue
 import threading
 import warnings
 
 import numpy as np
 
+from fastnet import config
 from fastnet.ops import augment as aug_ops
 from fastnet.utils.random import get_rng
 
@@ -204,10 +206,23 @@ class Dataset:
         """All but the first ``count`` elements (-1: none)."""
         return _Skip(self, _check_count(count, "count", allow_minus_one=True))
 
-    def prefetch(self, buffer_size=AUTOTUNE):
-        """Prepare up to ``buffer_size`` elements ahead on a background thread (AUTOTUNE: 2)."""
+    def prefetch(self, buffer_size=AUTOTUNE, background=None):
+        """Prepare up to ``buffer_size`` elements ahead (AUTOTUNE: 2) on a background thread.
+
+        ``background``: True always uses the thread; False runs the upstream pipeline on the
+        consumer's thread when an element is asked for; None (the default) decides at each
+        iteration: the thread when this process may use more CPUs than fastnet's kernel
+        threads (a core is free for it), else the consumer's thread.  On a machine whose
+        cores all run the training step's OpenMP team, a producer thread can only run by
+        preempting one of the team's threads, and the whole team then waits at its next
+        barrier: the classic CNN at 2 threads on 2 cores trained 5-7% slower fed by the
+        thread and 2-4% slower producing on its own thread (benchmarks/bench_data.py).  The
+        elements are the same either way."""
         buffer_size = _check_count(buffer_size, "buffer_size", allow_minus_one=True)
-        return _Prefetch(self, 2 if buffer_size == AUTOTUNE else max(buffer_size, 1))
+        if background is not None and not isinstance(background, bool):
+            raise TypeError(f"background must be True, False or None, got {background!r}")
+        return _Prefetch(self, 2 if buffer_size == AUTOTUNE else max(buffer_size, 1),
+                         background)
 
     # -- iteration -----------------------------------------------------------------------------
     def __iter__(self):
@@ -563,15 +578,28 @@ def _produce(make_iterator, q, stop):
         _put(q, stop, _Failure(exc))
 
 
+def _spare_core():
+    """Whether this process may run on more CPUs than the kernels' thread count."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return cpus > config.get_num_threads()
+
+
 class _Prefetch(Dataset):
-    def __init__(self, parent, depth):
+    def __init__(self, parent, depth, background=None):
         super().__init__(parent)
         self.depth = depth
+        self.background = background
 
     def cardinality(self):
         return self._parent.cardinality()
 
     def _elements(self):
+        background = _spare_core() if self.background is None else self.background
+        if not background:
+            return iter(self._parent)
         return PrefetchIterator(self._parent.__iter__, self.depth)
 
 
