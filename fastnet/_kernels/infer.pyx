@@ -1058,6 +1058,24 @@ cdef class Program:
                 self.ptr[slot] = NULL
         return out
 
+    cdef int _bind(self, xs, outs) except -1:
+        """Point the input slots and the caller-owned output slots at the (checked) arrays."""
+        cdef int i
+        for i in range(self.n_in):
+            self.ptr[i] = cnp.PyArray_DATA(<cnp.ndarray>xs[i])
+        for i in range(self.n_out):
+            if self.out_ext[i]:
+                self.ptr[self.out_slots[i]] = cnp.PyArray_DATA(<cnp.ndarray>outs[i])
+        return 0
+
+    cdef void _unbind(self):
+        cdef int i
+        for i in range(self.n_in):
+            self.ptr[i] = NULL
+        for i in range(self.n_out):
+            if self.out_ext[i]:
+                self.ptr[self.out_slots[i]] = NULL
+
     def run(self, xs, outs):
         """Execute every step: ``xs`` (a list, one array per input, the planned sizes) into
         ``outs`` (one array per output); C-contiguous arrays of the program's dtype."""
@@ -1074,11 +1092,7 @@ cdef class Program:
             self._check(xs[i], i, False)
         for i in range(self.n_out):
             self._check(outs[i], self.out_slots[i], True)
-        for i in range(self.n_in):
-            self.ptr[i] = cnp.PyArray_DATA(<cnp.ndarray>xs[i])
-        for i in range(self.n_out):
-            if self.out_ext[i]:
-                self.ptr[self.out_slots[i]] = cnp.PyArray_DATA(<cnp.ndarray>outs[i])
+        self._bind(xs, outs)
         ws = self.ptr[self.ws_slot]
         try:
             with nogil:
@@ -1093,11 +1107,7 @@ cdef class Program:
                     memcpy(cnp.PyArray_DATA(<cnp.ndarray>outs[i]),
                            self.ptr[self.out_slots[i]], self.sizes[self.out_slots[i]])
         finally:
-            for i in range(self.n_in):
-                self.ptr[i] = NULL
-            for i in range(self.n_out):
-                if self.out_ext[i]:
-                    self.ptr[self.out_slots[i]] = NULL
+            self._unbind()
         return outs
 
     def step_times(self, xs, outs, int calls=100):
@@ -1114,11 +1124,7 @@ cdef class Program:
         if acc == NULL:
             raise MemoryError()
         try:
-            for i in range(self.n_in):
-                self.ptr[i] = cnp.PyArray_DATA(<cnp.ndarray>xs[i])
-            for i in range(self.n_out):
-                if self.out_ext[i]:
-                    self.ptr[self.out_slots[i]] = cnp.PyArray_DATA(<cnp.ndarray>outs[i])
+            self._bind(xs, outs)
             with nogil:
                 for c in range(calls):
                     for i in range(self.nsteps):
@@ -1136,11 +1142,7 @@ cdef class Program:
             return [acc[i] / calls for i in range(self.nsteps)]
         finally:
             free(acc)
-            for i in range(self.n_in):
-                self.ptr[i] = NULL
-            for i in range(self.n_out):
-                if self.out_ext[i]:
-                    self.ptr[self.out_slots[i]] = NULL
+            self._unbind()
 
     @property
     def num_steps(self):
