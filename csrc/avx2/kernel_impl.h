@@ -19,7 +19,11 @@ FN_INLINE void K(body)(ptrdiff_t k, const T *a, ptrdiff_t rsa, ptrdiff_t csa, co
     }
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
-        if (i < m) _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        if (i < m) {  /* every line of the row's n values (C need not be aligned) */
+            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+            if (nv > 1) _mm_prefetch((const char *)(c + i * ldc + VL), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + i * ldc + n - 1), _MM_HINT_T0);
+        }
     for (ptrdiff_t p = 0; p < k; ++p) {
         const VEC b0 = full ? VLOADU(b) : VMASKLOAD(b, k0);
         const VEC b1 = nv < 2 ? VZERO() : full ? VLOADU(b + VL) : VMASKLOAD(b + VL, k1);

@@ -21,7 +21,11 @@ FN_INLINE void K(body)(ptrdiff_t k, const T *a, ptrdiff_t rsa, ptrdiff_t csa, co
     }
 #pragma GCC unroll 16
     for (int i = 0; i < rows; ++i)
-        if (i < m) _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        if (i < m) {  /* every line of the row's n values (up to 3: C need not be aligned) */
+            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+            if (nv > 1) _mm_prefetch((const char *)(c + i * ldc + VL), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + i * ldc + n - 1), _MM_HINT_T0);
+        }
     for (ptrdiff_t p = 0; p < k; ++p) {
         const VEC b0 = VLOADM(k0, b), b1 = nv > 1 ? VLOADM(k1, b + VL) : VZERO();
 #pragma GCC unroll 16
