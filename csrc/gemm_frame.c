@@ -118,3 +118,37 @@ void *fn_scratch(int slot, size_t bytes)
 #define FIELD d
 #define PUBLIC fn_dgemm
 #include "gemm_frame_impl.h"
+
+/* ---- the FMA peak probe ------------------------------------------------------------------ */
+#include <time.h>
+
+static double wall_seconds(void)
+{
+#ifdef _OPENMP
+    return omp_get_wtime();
+#else
+    return (double)clock() / CLOCKS_PER_SEC;
+#endif
+}
+
+double fn_gemm_fma_peak(int nthreads, double seconds)
+{
+    double (*loop)(long long) = fn_gemm_current()->fma_loop;
+    double total = 0.0;
+    if (nthreads < 1) nthreads = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) reduction(+ : total)
+#endif
+    {
+        /* ~0.1 ms a call, so a thread stops within 1% of `seconds` of its start */
+        const long long chunk = 1 << 13;
+        const double t0 = wall_seconds();
+        double flops = 0.0, t;
+        do {
+            flops += loop(chunk);
+            t = wall_seconds() - t0;
+        } while (t < seconds);
+        total += flops / t * 1e-9;
+    }
+    return total;
+}

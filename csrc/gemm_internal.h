@@ -81,6 +81,9 @@ typedef struct {
     const char *name;
     fn_blocking_s s;
     fn_blocking_d d;
+    /* float32 FMA throughput probe: `iters` steps of independent FMA chains on this ISA's
+     * widest vectors (enough chains to cover latency x issue width); returns the FLOPs done. */
+    double (*fma_loop)(long long iters);
 } fn_gemm_table;
 
 /* The table in use (chosen on first call, or by fn_gemm_set_isa / FASTNET_ISA). */
@@ -97,6 +100,10 @@ extern const fn_gemm_table fn_table_avx512;
 /* The block sizes {mr, nr, kc, mc, nc} of the named usable path (NULL: the current one), for
  * tests and benchmarks; returns -1 if the path is not usable. */
 int fn_gemm_blocking(const char *name, int use_double, int sizes[5]);
+
+/* The float32 FMA peak of the current path in GFLOP/s on `nthreads` threads: each thread runs
+ * the path's fma_loop for `seconds`, and the per-thread rates are summed. */
+double fn_gemm_fma_peak(int nthreads, double seconds);
 
 /* Per-thread, grow-only, 64-byte aligned scratch (slot 0: A panels, 1: B panels, 2: edge
  * tile, 3: split-K partial sums).  Never shared between OS threads, kept until thread exit. */

@@ -343,6 +343,48 @@ def test_table_lists_every_peer_and_the_ratio():
     assert report.format_time(250e-6) == "250 µs"
 
 
+def test_table_shows_the_fraction_of_the_fma_peak():
+    rep = _valid_report()
+    assert "% peak" not in report.format_table(rep)       # no peak measured: no column
+    rep["results"][0]["fma_peak_gflops"] = 10.0
+    rep["results"][0]["measurements"][0]["of_peak"] = 0.5
+    rep["results"][0]["measurements"][1]["of_peak"] = 0.25
+    assert schema.validate(rep) == []
+    text = report.format_table(rep)
+    assert "% peak" in text and "50.0%" in text
+    assert "FMA loop" in text and "10.0 GFLOP/s at 1 thread" in text
+    rep["results"][0]["measurements"][0]["of_peak"] = -1.0
+    assert schema.validate(rep)
+
+
+def test_cell_divides_each_rate_by_fastnets_fma_peak():
+    case = next(c for c in select_cases(["gemm"]) if c.name == "dense1 fwd")
+    times = [2.0 * case.work / 100e9] * 5                   # 50 GFLOP/s
+    raw = {(FASTNET.name, 1): {0: {"cases": {case.key: {"times": times, "check": [1.0]}}}}}
+    workers = [{"config": FASTNET.name, "threads": 1, "round": 0, "attempts": 1,
+                "foreign_cpu": 0.0, "error": None, "threads_verified": {"ok": True},
+                "fma_peak_gflops": 100.0}]
+    row = runner._cell(case, 1, [FASTNET], raw, workers, None, [])
+    assert row["fma_peak_gflops"] == 100.0
+    assert row["measurements"][0]["of_peak"] == pytest.approx(0.5)
+    workers[0]["fma_peak_gflops"] = None                    # not measured: no fraction
+    row = runner._cell(case, 1, [FASTNET], raw, workers, None, [])
+    assert row["fma_peak_gflops"] is None and row["measurements"][0]["of_peak"] is None
+
+
+def test_fastnet_worker_measures_the_fma_peak_for_gemm_cases():
+    from dataclasses import asdict
+    from fastnet.bench.worker import measure
+    gemm_case = next(c for c in select_cases(["gemm"]) if c.name == "dense2 fwd")
+    spec = {"config": FASTNET.name, "threads": 1, "cases": [asdict(gemm_case)],
+            "budget": 0.005, "warmup": 0.0, "first_warmup": 0.0, "min_calls": 2}
+    out = measure(spec)
+    assert out["fma_peak_gflops"] > 0 and gemm_case.key in out["cases"]
+    pool_case = select_cases(["pool"], quick=True)[0]
+    out = measure({**spec, "cases": [asdict(pool_case)]})
+    assert out["fma_peak_gflops"] is None                   # no GFLOP/s case: not measured
+
+
 def test_markdown_replaces_only_the_marked_part_of_a_readme(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\nbefore\n<!-- fastnet-bench:begin -->\nold table\n"

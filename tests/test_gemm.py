@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 
+import math
+
 import numpy as np
 import pytest
 
@@ -265,6 +267,17 @@ def test_isa_selection():
         G.set_isa(old)
     with pytest.raises(ValueError):
         G.blocking("sse9", np.float32)
+
+
+def test_fma_peak_probe(isa):
+    """The FMA loop behind the benchmarks' "% peak": a positive finite rate on every path and
+    thread count (no figure asserted: timings are the benchmarks' business)."""
+    for threads in (1, 2):
+        r = G.fma_peak(threads, 0.002)
+        assert math.isfinite(r) and r > 0
+    for threads, seconds in ((0, 0.01), (1, 0.0), (1, -1.0), (1, 11.0)):
+        with pytest.raises(ValueError):
+            G.fma_peak(threads, seconds)
 
 
 def _isa_in_subprocess(value):

@@ -76,9 +76,31 @@ static inline __m256i mask_d(int n)
 #include "pack_impl.h"
 #undef NR
 
+/* 12 chains of ymm FMAs: 2 pipes x 4-5 cycles latency need 8-10. */
+static double fma_loop(long long iters)
+{
+    __m256 c[12];
+    const __m256 m = _mm256_set1_ps(0.999999f), d = _mm256_set1_ps(1e-3f);
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; ++j) c[j] = _mm256_set1_ps((float)j);
+    for (long long i = 0; i < iters; ++i) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; ++j) c[j] = _mm256_fmadd_ps(c[j], m, d);
+    }
+    __m256 s = c[0];
+#pragma GCC unroll 12
+    for (int j = 1; j < 12; ++j) s = _mm256_add_ps(s, c[j]);
+    float lanes[8];
+    _mm256_storeu_ps(lanes, s);
+    volatile float sink = lanes[0] + lanes[7];
+    (void)sink;
+    return (double)iters * 12.0 * 8.0 * 2.0;
+}
+
 const fn_gemm_table fn_table_avx2 = {
     "avx2",
     /* mr, nr, kc, mc, nc */
     {MR, 16, 256, 3072, 960, packed_s, rows_s, cols_s, pack_a_s, pack_b_s},
     {MR, 8, 256, 3072, 480, packed_d, rows_d, cols_d, pack_a_d, pack_b_d},
+    fma_loop,
 };

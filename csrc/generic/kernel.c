@@ -85,9 +85,26 @@ DEFINE_GENERIC_KERNELS(d, double, fn_epi_d, GEN_MR_D, GEN_NR_D)
 #define NR GEN_NR_D
 #include "pack_impl.h"
 
+/* The portable path's multiply-add rate: 32 independent chains of c * m + d (2 FLOPs a step,
+ * fused or not, vectorized or not, as the compiler builds this file); no reassociation is
+ * allowed, so the loop cannot be folded away. */
+static double fma_loop(long long iters)
+{
+    float c[32];
+    for (int j = 0; j < 32; ++j) c[j] = (float)j;
+    for (long long i = 0; i < iters; ++i)
+        for (int j = 0; j < 32; ++j) c[j] = c[j] * 0.999999f + 1e-3f;
+    float s = 0.0f;
+    for (int j = 0; j < 32; ++j) s += c[j];
+    volatile float sink = s;
+    (void)sink;
+    return (double)iters * 32.0 * 2.0;
+}
+
 const fn_gemm_table fn_table_generic = {
     "generic",
     /* mr, nr, kc, mc, nc */
     {GEN_MR_S, GEN_NR_S, 256, 768, 1024, packed_s, rows_s, cols_s, pack_a_s, pack_b_s},
     {GEN_MR_D, GEN_NR_D, 256, 384, 512, packed_d, rows_d, cols_d, pack_a_d, pack_b_d},
+    fma_loop,
 };

@@ -22,6 +22,7 @@ cdef extern from "fastnet_gemm.h":
 
 cdef extern from "gemm_internal.h":
     int fn_gemm_blocking(const char *name, int use_double, int *sizes)
+    double fn_gemm_fma_peak(int nthreads, double seconds) nogil
 
 cdef extern from "fastnet_conv.h":
     Py_ssize_t fn_conv_workspace(int op, const fn_conv_geom *g, int use_double,
@@ -260,6 +261,19 @@ def blocking(str name, dtype):
     if fn_gemm_blocking(name.encode(), np.dtype(dtype) == np.float64, sizes) != 0:
         raise ValueError(f"isa must be one of {available_isas()}, got {name!r}")
     return dict(mr=sizes[0], nr=sizes[1], kc=sizes[2], mc=sizes[3], nc=sizes[4])
+
+
+def fma_peak(int nthreads, double seconds):
+    """float32 FMA throughput of the current path in GFLOP/s: ``nthreads`` threads each run
+    independent chains of vector FMAs for ``seconds`` (the GIL released); their rates summed."""
+    if nthreads < 1:
+        raise ValueError(f"nthreads must be >= 1, got {nthreads}")
+    if not 0 < seconds <= 10:
+        raise ValueError(f"seconds must be in (0, 10], got {seconds}")
+    cdef double r
+    with nogil:
+        r = fn_gemm_fma_peak(nthreads, seconds)
+    return r
 
 
 cdef inline void _span(cnp.ndarray x, Py_ssize_t *lo, Py_ssize_t *hi) noexcept:

@@ -136,6 +136,15 @@ def gemm_denormals(library):
     return bool(c[0, 0] == 0)
 
 
+def fma_peak(threads, windows=5, seconds=0.02):
+    """The FMA peak in GFLOP/s (float32) on ``threads`` threads: the median of ``windows``
+    runs of fastnet's FMA loop (independent chains of the widest vector FMA its GEMM path
+    uses), ``seconds`` each.  Measured in the process it describes, so that a GEMM's rate can
+    be read as a fraction of what the cores delivered at that time."""
+    from fastnet._kernels import gemm
+    return float(np.median([gemm.fma_peak(threads, seconds) for _ in range(windows)]))
+
+
 def pin_threads(library, n):
     """Give ``library`` n threads in this process, every other pool one: fastnet's OpenMP team,
     the BLAS and OpenMP pools threadpoolctl finds, PyTorch's intra-op pool.  Without

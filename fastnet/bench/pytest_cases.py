@@ -56,11 +56,17 @@ def run_case(benchmark, case, config, threads, workdir=None):
         if benchmark.stats is not None and not getattr(benchmark, "disabled", False):
             rate = case.rate(benchmark.stats.stats.median)
             benchmark.extra_info[case.unit] = round(rate, 2)
+            if case.unit == "GFLOP/s":
+                if threads not in _PEAKS:   # once per thread count and session
+                    _PEAKS[threads] = env.fma_peak(threads)
+                benchmark.extra_info["fma_peak_gflops"] = round(_PEAKS[threads], 1)
+                benchmark.extra_info["of_peak"] = round(rate / _PEAKS[threads], 3)
     finally:
         restore()
 
 
 _ONNX_WORKDIR = {}
+_PEAKS = {}   # {threads: the FMA loop's GFLOP/s}, for the "of_peak" of GEMM rows
 
 
 def _onnx_workdir(tmp_path_factory):

@@ -56,6 +56,9 @@ def _tables(report):
     for suite, rows in by_suite.items():
         peers = _columns(report, suite)
         head = ["benchmark", "shape", "thr", "fastnet", "rate"]
+        with_peak = any(r.get("fma_peak_gflops") for r in rows)
+        if with_peak:
+            head.append("% peak")
         for p in peers:
             if p["status"] != "measured":
                 head.append(p["label"])
@@ -71,6 +74,9 @@ def _tables(report):
             rate = f"{shown['rate']:,.1f} {r['unit']}" if shown else "-"
             row = [r["case"], r["shape"], str(r["threads"]), _time_cell(fast, max_foreign),
                    rate if shown is fast else f"{rate} ({shown['config']})"]
+            if with_peak:
+                row.append(f"{100.0 * fast['of_peak']:.1f}%" if fast and fast.get("of_peak")
+                           else "-")
             for p in peers:
                 if p["status"] != "measured":
                     row.append("skipped")
@@ -100,6 +106,15 @@ def _header(report):
              f"{build['isa']}, OpenMP {'on' if build['openmp'] else 'off'}",
              f"medians of {s['rounds']} fresh process(es) per library configuration and thread "
              f"count, interleaved; ± half the interquartile range of all calls"]
+    peaks = {}
+    for r in report["results"]:
+        if r.get("fma_peak_gflops"):
+            peaks.setdefault(r["threads"], r["fma_peak_gflops"])
+    if peaks:
+        lines.append("% peak: fastnet's rate / the float32 FMA peak measured by an FMA loop in "
+                     "the same processes (" + ", ".join(
+                         f"{v:,.1f} GFLOP/s at {t} thread{'s' if t > 1 else ''}"
+                         for t, v in sorted(peaks.items())) + ")")
     for p in report["peers"]:
         label = f"{p['label']} {env['versions'].get(p['name']) or ''}".strip()
         lines.append(f"{label}: measured as {', '.join(p['configs'])}"

@@ -13,6 +13,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 import fastnet
 from fastnet.bench import env, stats
 from fastnet.bench.cases import FASTNET, PEERS, installed, peer_configs
@@ -249,7 +251,7 @@ def _measure(configs, case_fields, workdir, s, progress):
         if result is not None:
             raw.setdefault((name, t), {})[r] = result
             record.update({k: result[k] for k in ("seconds", "threads_verified",
-                                                  "denormals_main_thread",
+                                                  "fma_peak_gflops", "denormals_main_thread",
                                                   "gemm_denormals_as_zero", "facts", "errors")})
             if not result["threads_verified"]["ok"]:
                 warnings.append(f"{label}: the thread count read back differs: "
@@ -307,6 +309,13 @@ def _cell(case, threads, configs, raw, workers, s, warnings):
                                "ratio": stats.ratio(m["median_s"], ref["median_s"]),
                                "round_ratios": [stats.ratio(rounds[r], fast[r])
                                                 for r in sorted(set(rounds) & set(fast))]})
+    peak = None
+    if case.unit == "GFLOP/s":   # the FMA loop's rate in fastnet's processes at these threads
+        peaks = [w["fma_peak_gflops"] for w in workers if w["threads"] == threads
+                 and w.get("fma_peak_gflops") and w["config"] == ref["config"]] if ref else []
+        peak = float(np.median(peaks)) if peaks else None
+        for m in measurements:
+            m["of_peak"] = m["rate"] / peak if peak else None
     return {"suite": case.suite, "case": case.name, "key": case.key, "shape": case.shape,
             "threads": threads, "batch": case.batch, "work": case.work, "unit": case.unit,
-            "measurements": measurements, "ratios": ratios}
+            "fma_peak_gflops": peak, "measurements": measurements, "ratios": ratios}

@@ -88,8 +88,11 @@ def measure(spec):
     ctx = WorkerContext(threads=threads, workdir=spec.get("workdir"))
     results, errors = {}, {}
     warmup = spec.get("first_warmup", 0.5)
-    for fields_ in spec["cases"]:
-        case = Case(**{**fields_, "params": tuple(fields_["params"])})
+    cases = [Case(**{**f, "params": tuple(f["params"])}) for f in spec["cases"]]
+    # the FMA peak, before and after the cases, for the fraction of it each GEMM reaches
+    peak = config.library == "fastnet" and any(c.unit == "GFLOP/s" for c in cases)
+    peaks = [env.fma_peak(threads)] if peak else []
+    for case in cases:
         try:
             bench = SUITES[case.suite].make(case, config, ctx)
             if bench is None:
@@ -103,7 +106,10 @@ def measure(spec):
         finally:
             warmup = spec.get("warmup", 0.1)
         results[case.key] = {"times": times, "check": check}
-    return {"config": config.name, "library": config.library, "threads": threads,
+    if peak:
+        peaks.append(env.fma_peak(threads))
+    return {"fma_peak_gflops": sum(peaks) / len(peaks) if peaks else None,
+            "config": config.name, "library": config.library, "threads": threads,
             "threads_verified": env.read_back_threads(config.library, threads, ctx.sessions),
             "denormals_main_thread": env.denormal_state(),
             "gemm_denormals_as_zero": env.gemm_denormals(config.library),
