@@ -4,6 +4,7 @@
  * (avx512 | avx2 | generic) names another usable one.  fn_gemm_set_isa switches at run time;
  * the table pointer is atomic and each GEMM call reads it once, so a switch never tears a call.
  * Only groups compiled into this build (FN_HAVE_* from the generated fn_isa_config.h) are named.
+ * The AVX-512 path has one CPU-dependent option, its broadcast mode, chosen with it.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,64 @@ static int cpu_has_avx2(void)
 #endif
 }
 #endif
+
+/* ---- the AVX-512 broadcast mode (see csrc/avx512/kernel_impl.h) ------------------------- */
+#ifdef FN_HAVE_AVX512
+static int bcast_chosen = 0;  /* 1 once a mode is set: the default never overrides a choice */
+
+static int bcast_default(int use_env)
+{
+    const char *env = use_env ? getenv("FASTNET_GEMM_BROADCAST") : NULL;
+    if (env && strcmp(env, "memory") == 0) return 1;
+    if (env && strcmp(env, "register") == 0) return 0;
+#if defined(FN_X86_GNUC)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd");
+#else
+    return 0;
+#endif
+}
+#endif
+
+static void broadcast_init(void)
+{
+#ifdef FN_HAVE_AVX512
+    int expected = 0;
+    if (__atomic_load_n(&bcast_chosen, __ATOMIC_ACQUIRE)) return;
+    const int mem = bcast_default(1);
+    if (__atomic_compare_exchange_n(&bcast_chosen, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE))
+        __atomic_store_n(&fn_avx512_bcast_mem, mem, __ATOMIC_RELAXED);
+#endif
+}
+
+int fn_gemm_set_broadcast(const char *name)
+{
+#ifdef FN_HAVE_AVX512
+    int mem;
+    if (name == NULL) return -1;
+    if (strcmp(name, "memory") == 0) mem = 1;
+    else if (strcmp(name, "register") == 0) mem = 0;
+    else if (strcmp(name, "auto") == 0) mem = bcast_default(0);
+    else return -1;
+    __atomic_store_n(&bcast_chosen, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&fn_avx512_bcast_mem, mem, __ATOMIC_RELAXED);
+    return 0;
+#else
+    (void)name;
+    return -1;
+#endif
+}
+
+const char *fn_gemm_broadcast(void)
+{
+#ifdef FN_HAVE_AVX512
+    broadcast_init();
+    return __atomic_load_n(&fn_avx512_bcast_mem, __ATOMIC_RELAXED) ? "memory" : "register";
+#else
+    return "";
+#endif
+}
 
 /* The usable table called `name`, or NULL. */
 static const fn_gemm_table *usable_table(const char *name)
@@ -79,6 +138,7 @@ const fn_gemm_table *fn_gemm_current(void)
 {
     const fn_gemm_table *t = LOAD_TABLE();
     if (t == NULL) {
+        broadcast_init();
         const fn_gemm_table *chosen = usable_table(getenv("FASTNET_ISA"));
         const fn_gemm_table *expected = NULL;
         if (chosen == NULL) chosen = best_table();
@@ -95,6 +155,7 @@ int fn_gemm_set_isa(const char *name)
 {
     const fn_gemm_table *t = usable_table(name);
     if (t == NULL) return -1;
+    broadcast_init();
     STORE_TABLE(t);
     return 0;
 }

@@ -36,6 +36,13 @@ const char *fn_gemm_isa(void);
 int fn_gemm_set_isa(const char *name);
 /* Comma-separated list of the paths this build and this CPU can run, best first. */
 const char *fn_gemm_available_isas(void);
+/* How the AVX-512 path's FMAs get their A values: "memory" (embedded broadcasts, the default
+ * on AMD) or "register" (one broadcast each, the default elsewhere); FASTNET_GEMM_BROADCAST
+ * overrides the default.  Same results either way, bit for bit.  fn_gemm_set_broadcast takes
+ * "memory", "register" or "auto" and returns 0, or -1 when the name is unknown or this build
+ * has no AVX-512 path; fn_gemm_broadcast returns the mode, "" without an AVX-512 path. */
+int fn_gemm_set_broadcast(const char *name);
+const char *fn_gemm_broadcast(void);
 
 #ifdef __cplusplus
 }

@@ -95,6 +95,9 @@ extern const fn_gemm_table fn_table_avx2;
 #endif
 #ifdef FN_HAVE_AVX512
 extern const fn_gemm_table fn_table_avx512;
+/* How the AVX-512 kernels broadcast A: 1 embedded in the FMAs, 0 one register broadcast per
+ * value (csrc/avx512/kernel_impl.h); chosen with the path (fn_gemm_set_broadcast). */
+extern int fn_avx512_bcast_mem;
 #endif
 
 /* The block sizes {mr, nr, kc, mc, nc} of the named usable path (NULL: the current one), for

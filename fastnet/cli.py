@@ -47,6 +47,9 @@ def info(_args=None):
     print(f"CPU features: {' '.join(_cpu_flags()) or 'unknown'}")
     print(f"GEMM kernel path: {gemm.isa()} (available: {', '.join(gemm.available_isas())}; "
           f"override with FASTNET_ISA)")
+    if gemm.isa() == "avx512":
+        print(f"GEMM AVX-512 broadcasts: {gemm.broadcast()} (override with "
+              f"FASTNET_GEMM_BROADCAST=memory|register)")
     from fastnet._kernels import int8
     print(f"int8 kernel path: {int8.isa()} (available: {', '.join(int8.available_isas())}; "
           f"override with FASTNET_INT8_ISA)")

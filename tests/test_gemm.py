@@ -25,12 +25,22 @@ ISAS = G.available_isas()
 DTYPES = (np.float64, np.float32)
 
 
-@pytest.fixture(params=ISAS)
+# the AVX-512 path in both of its broadcast modes (embedded in the FMAs, or in a register)
+PATHS = [(name, mode) for name in ISAS
+         for mode in (("memory", "register") if name == "avx512" else (None,))]
+
+
+@pytest.fixture(params=PATHS, ids=[f"{n}-{m}" if m else n for n, m in PATHS])
 def isa(request):
-    old = G.isa()
-    G.set_isa(request.param)
-    yield request.param
+    name, mode = request.param
+    old, old_mode = G.isa(), G.broadcast()
+    G.set_isa(name)
+    if mode:
+        G.set_broadcast(mode)
+    yield name
     G.set_isa(old)
+    if old_mode:
+        G.set_broadcast(old_mode)
 
 
 def _operands(rng, m, n, k, ta, tb, dtype):
@@ -278,6 +288,54 @@ def test_fma_peak_probe(isa):
     for threads, seconds in ((0, 0.01), (1, 0.0), (1, -1.0), (1, 11.0)):
         with pytest.raises(ValueError):
             G.fma_peak(threads, seconds)
+
+
+@pytest.mark.skipif("avx512" not in ISAS, reason="no AVX-512 path on this build or CPU")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_broadcast_modes_are_bitwise_identical(dtype):
+    """The two ways the AVX-512 kernels feed A to their FMAs do the same FMAs in the same
+    order: identical bits on every kernel (packed, A in place, transposed A in place, half
+    height, one vector column, edge tiles) and epilogue."""
+    old, old_mode = G.isa(), G.broadcast()
+    rng = np.random.default_rng(21)
+    shapes = [(300, 700, 900, False, False), (2000, 64, 288, False, False),
+              (9, 32, 431, True, False), (64, 10, 64, False, True), (577, 65, 129, True, True),
+              (13, 37, 5, False, False)]
+    try:
+        G.set_isa("avx512")
+        for m, n, k, ta, tb in shapes:
+            a, b = _operands(rng, m, n, k, ta, tb, dtype)
+            bias = rng.standard_normal(n).astype(dtype)
+            got = {}
+            for mode in ("memory", "register"):
+                G.set_broadcast(mode)
+                assert G.broadcast() == mode
+                got[mode] = _run(a, b, m, n, ta, tb, dtype, bias=bias, act=1, nthreads=2)
+            assert np.array_equal(got["memory"], got["register"]), (m, n, k, ta, tb)
+    finally:
+        G.set_isa(old)
+        G.set_broadcast(old_mode)
+    with pytest.raises(ValueError, match="'memory', 'register' or 'auto'"):
+        G.set_broadcast("sideways")
+
+
+@pytest.mark.skipif("avx512" not in ISAS, reason="no AVX-512 path on this build or CPU")
+def test_broadcast_env_var_and_auto():
+    code = "from fastnet._kernels import gemm; print(gemm.broadcast())"
+    cwd = os.path.dirname(os.path.dirname(fastnet.__file__))
+    seen = {}
+    for value in ("memory", "register", "bogus", ""):
+        env = dict(os.environ, FASTNET_GEMM_BROADCAST=value)
+        seen[value] = subprocess.run([sys.executable, "-c", code], env=env, text=True,
+                                     capture_output=True, check=True, cwd=cwd).stdout.strip()
+    assert seen["memory"] == "memory" and seen["register"] == "register"
+    assert seen["bogus"] == seen[""] in ("memory", "register")   # unknown: the CPU's default
+    old = G.broadcast()
+    try:
+        G.set_broadcast("auto")
+        assert G.broadcast() == seen[""]
+    finally:
+        G.set_broadcast(old)
 
 
 def _isa_in_subprocess(value):

@@ -15,6 +15,10 @@
 
 #define MR 8
 
+/* 1: the FMAs read A with embedded memory broadcasts; 0: one register broadcast per value
+ * (see kernel_impl.h).  Set by fn_gemm_broadcast_init / fn_gemm_set_broadcast. */
+int fn_avx512_bcast_mem = 0;
+
 /* dst[0:n] = src[0:n], dst[n:width] = 0 with masked moves: never reads past src[n - 1]. */
 FN_INLINE void copy_pad_s(float *dst, const float *src, int n, const int width)
 {
@@ -95,6 +99,10 @@ FN_INLINE void copy_pad_d(double *dst, const double *src, int n, const int width
 #define VMUL(x, y) _mm512_mul_ps((x), (y))
 #define VADD(x, y) _mm512_add_ps((x), (y))
 #define VMAX(x, y) _mm512_max_ps((x), (y))
+/* acc += {1to16} broadcast of *p times bv, the broadcast embedded in the FMA (GCC keeps one
+ * vbroadcastss for a value used twice, so this is written out). */
+#define VFMA_BCAST(acc, bv, p)                                                                   \
+    __asm__("vfmadd231ps %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(bv), "m"(*(p)))
 #define NR 32
 #define PACK_COPY(dst, src, n, width) copy_pad_s((dst), (src), (n), (width))
 #define PACK_TRANSPOSE16(dst, ldd, src, lds, rows) transpose16_s(dst, ldd, src, lds, rows)
@@ -118,6 +126,7 @@ FN_INLINE void copy_pad_d(double *dst, const double *src, int n, const int width
 #undef VMUL
 #undef VADD
 #undef VMAX
+#undef VFMA_BCAST
 
 #define T double
 #define VEC __m512d
@@ -134,6 +143,8 @@ FN_INLINE void copy_pad_d(double *dst, const double *src, int n, const int width
 #define VMUL(x, y) _mm512_mul_pd((x), (y))
 #define VADD(x, y) _mm512_add_pd((x), (y))
 #define VMAX(x, y) _mm512_max_pd((x), (y))
+#define VFMA_BCAST(acc, bv, p)                                                                   \
+    __asm__("vfmadd231pd %2%{1to8%}, %1, %0" : "+v"(acc) : "v"(bv), "m"(*(p)))
 #define NR 16
 #define PACK_COPY(dst, src, n, width) copy_pad_d((dst), (src), (n), (width))
 #include "kernel_impl.h"

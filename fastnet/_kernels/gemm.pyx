@@ -19,6 +19,8 @@ cdef extern from "fastnet_gemm.h":
     const char *fn_gemm_isa()
     int fn_gemm_set_isa(const char *name)
     const char *fn_gemm_available_isas()
+    int fn_gemm_set_broadcast(const char *name)
+    const char *fn_gemm_broadcast()
 
 cdef extern from "gemm_internal.h":
     int fn_gemm_blocking(const char *name, int use_double, int *sizes)
@@ -251,6 +253,23 @@ def set_isa(str name):
 def available_isas():
     """The paths this build and CPU can run, best first."""
     return fn_gemm_available_isas().decode().split(",")
+
+
+def broadcast():
+    """How the AVX-512 path's FMAs read A: 'memory' (embedded broadcasts, the default on AMD)
+    or 'register' (one broadcast per value, elsewhere); None when this build has no AVX-512
+    path.  The results are the same bit for bit; only the speed differs."""
+    mode = fn_gemm_broadcast().decode()
+    return mode or None
+
+
+def set_broadcast(str name):
+    """Force the AVX-512 broadcast mode: 'memory', 'register' or 'auto' (the CPU's default;
+    the environment variable FASTNET_GEMM_BROADCAST sets the mode at start-up)."""
+    if fn_gemm_set_broadcast(name.encode()) != 0:
+        if broadcast() is None:
+            raise ValueError("this build has no AVX-512 GEMM path")
+        raise ValueError(f"name must be 'memory', 'register' or 'auto', got {name!r}")
 
 
 def blocking(str name, dtype):
