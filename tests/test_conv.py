@@ -305,12 +305,21 @@ def test_implicit_tile_edges(case, threads):
     _check_implicit(case, seed=1, relu=True)
 
 
-@pytest.mark.parametrize("isa", gemm_kernels.available_isas())
-def test_implicit_every_isa(isa, monkeypatch):
+# every ISA; AVX-512 in both broadcast modes (FMAs reading A from memory, or from a register)
+ISA_PATHS = [(name, mode) for name in gemm_kernels.available_isas()
+             for mode in (("memory", "register") if name == "avx512" else (None,))]
+
+
+@pytest.mark.parametrize("isa,mode", ISA_PATHS,
+                         ids=[f"{n}-{m}" if m else n for n, m in ISA_PATHS])
+def test_implicit_every_isa(isa, mode, monkeypatch):
     """Each ISA has its own register tiles (AVX-512 8 x 2, AVX2 6 x 2, baseline 4 x 2)."""
     monkeypatch.setattr(conv_ops, "_PARALLEL_MIN_WORK", 0)
     old_isa, old_threads = gemm_kernels.isa(), fastnet.get_num_threads()
+    old_mode = gemm_kernels.broadcast()
     gemm_kernels.set_isa(isa)
+    if mode:
+        gemm_kernels.set_broadcast(mode)
     try:
         for t in (1, 2):
             fastnet.set_num_threads(t)
@@ -319,6 +328,34 @@ def test_implicit_every_isa(isa, monkeypatch):
     finally:
         gemm_kernels.set_isa(old_isa)
         fastnet.set_num_threads(old_threads)
+        if old_mode:
+            gemm_kernels.set_broadcast(old_mode)
+
+
+@pytest.mark.skipif("avx512" not in gemm_kernels.available_isas(), reason="no AVX-512 path")
+def test_implicit_broadcast_modes_are_bitwise_identical(monkeypatch):
+    """Forward, backward-input and backward-weight kernels give the same bits whether their
+    FMAs read the broadcast value from memory or from a register (float32, edge tiles)."""
+    monkeypatch.setattr(conv_ops, "_PARALLEL_MIN_WORK", 0)
+    old_isa, old_mode = gemm_kernels.isa(), gemm_kernels.broadcast()
+    gemm_kernels.set_isa("avx512")
+    try:
+        for case in EDGE_CASES[:4] + [CASES[1], CASES[13]]:
+            x, kernel, bias, dy, strides, padding = _data(case, seed=3)
+            x, kernel, bias, dy = (v.astype(np.float32) for v in (x, kernel, bias, dy))
+            kw = dict(strides=strides, padding=padding, _algorithm="implicit")
+            got = []
+            for mode in ("memory", "register"):
+                gemm_kernels.set_broadcast(mode)
+                y = conv2d(x, kernel, bias, activation="relu", **kw)
+                dx = conv2d_backward_input(dy, kernel, x.shape, relu_output=y, **kw)
+                dk, _ = conv2d_backward_weight(x, dy, kernel.shape[:2], relu_output=y, **kw)
+                got.append((y, dx, dk))
+            for a, b in zip(*got):
+                assert np.array_equal(a, b), case
+    finally:
+        gemm_kernels.set_isa(old_isa)
+        gemm_kernels.set_broadcast(old_mode)
 
 
 @pytest.mark.parametrize("isa", gemm_kernels.available_isas())

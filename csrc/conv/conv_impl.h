@@ -100,12 +100,44 @@ static inline ptrdiff_t cv_cdiv(ptrdiff_t a, ptrdiff_t b) { return (a + b - 1) /
 #endif
 #endif
 
+#if VBYTES == 64 && defined(__AVX512F__) && defined(__GNUC__)
+#ifndef CV_BCAST_MEM
+extern int fn_avx512_bcast_mem;
+#define CV_BCAST_MEM() __atomic_load_n(&fn_avx512_bcast_mem, __ATOMIC_RELAXED)
+#endif
+#else
+#define CV_BCAST_MEM() 0
+#endif
+
 typedef T V __attribute__((vector_size(VBYTES)));
 typedef IT VI __attribute__((vector_size(VBYTES)));
 
 CV_INLINE V F(ld)(const T *p) { V v; memcpy(&v, p, sizeof v); return v; }
 CV_INLINE void F(st)(T *p, V v) { memcpy(p, &v, sizeof v); }
 CV_INLINE V F(relu)(V v) { const V z = {0}; return (V)((VI)v & (VI)(v > z)); }
+
+/* acc[0:nv] += *x * w[0:nv].  mem: with embedded {1toN} memory broadcasts, the AVX-512 GEMM's
+ * broadcast mode (csrc/avx512/kernel_impl.h says why; fn_gemm_set_broadcast switches both). */
+CV_INLINE void F(fma_row)(V *acc, const V *w, const T *x, const int nv, const int mem)
+{
+#if VBYTES == 64 && defined(__AVX512F__) && defined(__GNUC__)
+    if (mem) {
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v) {
+            if (sizeof(T) == 4)
+                __asm__("vfmadd231ps %2%{1to16%}, %1, %0" : "+v"(acc[v]) : "v"(w[v]), "m"(*x));
+            else
+                __asm__("vfmadd231pd %2%{1to8%}, %1, %0" : "+v"(acc[v]) : "v"(w[v]), "m"(*x));
+        }
+        return;
+    }
+#else
+    (void)mem;
+#endif
+    const T xv = *x;
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; ++v) acc[v] += xv * w[v];
+}
 
 /* Elements of T for `bytes`, rounded up to whole 64-byte lines (every region stays aligned). */
 static ptrdiff_t F(elems)(size_t bytes)
@@ -127,7 +159,7 @@ CV_INLINE void F(store_part)(T *dst, const V *v, int nv, int n)
  * q*ldb + :]) for rows r < m.  bias: nv*VL entries (zero-padded). */
 CV_INLINE void F(fwd_body)(ptrdiff_t nseg, ptrdiff_t L, const T *const *a, const ptrdiff_t *boff,
                            const T *b, ptrdiff_t ldb, const T *bias, T *c, ptrdiff_t ldc, int m,
-                           int n, int relu, const int nv)
+                           int n, int relu, const int nv, const int mem)
 {
     V acc[FMR][FNV];
 #pragma GCC unroll 16
@@ -144,11 +176,7 @@ CV_INLINE void F(fwd_body)(ptrdiff_t nseg, ptrdiff_t L, const T *const *a, const
 #pragma GCC unroll 4
             for (int v = 0; v < nv; ++v) w[v] = F(ld)(bb + q * ldb + v * VL);
 #pragma GCC unroll 16
-            for (int r = 0; r < FMR; ++r) {
-                const T xv = p[r][q];
-#pragma GCC unroll 4
-                for (int v = 0; v < nv; ++v) acc[r][v] += xv * w[v];
-            }
+            for (int r = 0; r < FMR; ++r) F(fma_row)(acc[r], w, p[r] + q, nv, mem);
         }
     }
 #pragma GCC unroll 16
@@ -167,22 +195,30 @@ CV_INLINE void F(fwd_body)(ptrdiff_t nseg, ptrdiff_t L, const T *const *a, const
     }
 }
 
+CV_INLINE void F(fwd_tile_)(ptrdiff_t nseg, ptrdiff_t L, const T *const *a, const ptrdiff_t *boff,
+                            const T *b, ptrdiff_t ldb, const T *bias, T *c, ptrdiff_t ldc, int m,
+                            int n, int relu, const int mem)
+{
+    switch (cv_cdiv(n, VL)) {   /* vectors of columns: fewer FMAs on narrow edge panels */
+#if FNV > 3
+    case 3: F(fwd_body)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, 3, mem); break;
+#endif
+#if FNV > 2
+    case 2: F(fwd_body)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, 2, mem); break;
+#endif
+#if FNV > 1
+    case 1: F(fwd_body)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, 1, mem); break;
+#endif
+    default: F(fwd_body)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, FNV, mem);
+    }
+}
+
 static void F(fwd_tile)(ptrdiff_t nseg, ptrdiff_t L, const T *const *a, const ptrdiff_t *boff,
                         const T *b, ptrdiff_t ldb, const T *bias, T *c, ptrdiff_t ldc, int m,
                         int n, int relu)
 {
-    switch (cv_cdiv(n, VL)) {   /* vectors of columns: fewer FMAs on narrow edge panels */
-#if FNV > 3
-    case 3: F(fwd_body)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, 3); break;
-#endif
-#if FNV > 2
-    case 2: F(fwd_body)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, 2); break;
-#endif
-#if FNV > 1
-    case 1: F(fwd_body)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, 1); break;
-#endif
-    default: F(fwd_body)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, FNV);
-    }
+    if (CV_BCAST_MEM()) F(fwd_tile_)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, 1);
+    else F(fwd_tile_)(nseg, L, a, boff, b, ldb, bias, c, ldc, m, n, relu, 0);
 }
 
 typedef struct {
@@ -345,7 +381,7 @@ static void F(forward)(const fn_conv_geom *g, const T *x, const T *w, const T *b
 /* ============================================================================= backward input */
 /* dst[r][0:n] += sum_q a[r][q] * b[q*BNR + :] for rows with dst[r] != NULL. */
 CV_INLINE void F(bwd_body)(ptrdiff_t L, const T *const *a, const T *b, T *const *dst, int n,
-                           const int nv)
+                           const int nv, const int mem)
 {
     V acc[BMR][BNV];
     const T *p[BMR];
@@ -360,11 +396,7 @@ CV_INLINE void F(bwd_body)(ptrdiff_t L, const T *const *a, const T *b, T *const 
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v) w[v] = F(ld)(b + q * BNR + v * VL);
 #pragma GCC unroll 16
-        for (int r = 0; r < BMR; ++r) {
-            const T xv = p[r][q];
-#pragma GCC unroll 4
-            for (int v = 0; v < nv; ++v) acc[r][v] += xv * w[v];
-        }
+        for (int r = 0; r < BMR; ++r) F(fma_row)(acc[r], w, p[r] + q, nv, mem);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < BMR; ++r) {
@@ -382,20 +414,27 @@ CV_INLINE void F(bwd_body)(ptrdiff_t L, const T *const *a, const T *b, T *const 
     }
 }
 
-static void F(bwd_tile)(ptrdiff_t L, const T *const *a, const T *b, T *const *dst, int n)
+CV_INLINE void F(bwd_tile_)(ptrdiff_t L, const T *const *a, const T *b, T *const *dst, int n,
+                            const int mem)
 {
     switch (cv_cdiv(n, VL)) {
 #if BNV > 3
-    case 3: F(bwd_body)(L, a, b, dst, n, 3); break;
+    case 3: F(bwd_body)(L, a, b, dst, n, 3, mem); break;
 #endif
 #if BNV > 2
-    case 2: F(bwd_body)(L, a, b, dst, n, 2); break;
+    case 2: F(bwd_body)(L, a, b, dst, n, 2, mem); break;
 #endif
 #if BNV > 1
-    case 1: F(bwd_body)(L, a, b, dst, n, 1); break;
+    case 1: F(bwd_body)(L, a, b, dst, n, 1, mem); break;
 #endif
-    default: F(bwd_body)(L, a, b, dst, n, BNV);
+    default: F(bwd_body)(L, a, b, dst, n, BNV, mem);
     }
+}
+
+static void F(bwd_tile)(ptrdiff_t L, const T *const *a, const T *b, T *const *dst, int n)
+{
+    if (CV_BCAST_MEM()) F(bwd_tile_)(L, a, b, dst, n, 1);
+    else F(bwd_tile_)(L, a, b, dst, n, 0);
 }
 
 typedef struct {
@@ -535,7 +574,8 @@ static void F(backward_input)(const fn_conv_geom *g, const T *dy, const T *w, co
 /* ============================================================================ backward weight */
 /* c[r][0:n] (+)= sum_q ap[q][off + r] * b[q*NRW + :], rows r < m (ap rows past m clamped). */
 CV_INLINE void F(wgrad_body)(ptrdiff_t nq, const T *const *ap, ptrdiff_t off, const T *b, T *c,
-                             ptrdiff_t ldc, int m, int n, int beta, const int full, const int nv)
+                             ptrdiff_t ldc, int m, int n, int beta, const int full, const int nv,
+                             const int mem)
 {
     V acc[WMR][WNV];
 #pragma GCC unroll 16
@@ -552,11 +592,8 @@ CV_INLINE void F(wgrad_body)(ptrdiff_t nq, const T *const *ap, ptrdiff_t off, co
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v) w[v] = F(ld)(pb + v * VL);
 #pragma GCC unroll 16
-        for (int r = 0; r < WMR; ++r) {
-            const T xv = pa[full ? r : (r < m ? r : m - 1)];
-#pragma GCC unroll 4
-            for (int v = 0; v < nv; ++v) acc[r][v] += xv * w[v];
-        }
+        for (int r = 0; r < WMR; ++r)
+            F(fma_row)(acc[r], w, pa + (full ? r : (r < m ? r : m - 1)), nv, mem);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < WMR; ++r) {
@@ -575,25 +612,32 @@ CV_INLINE void F(wgrad_body)(ptrdiff_t nq, const T *const *ap, ptrdiff_t off, co
     }
 }
 
-static void F(wgrad_tile)(ptrdiff_t nq, const T *const *ap, ptrdiff_t off, const T *b, T *c,
-                          ptrdiff_t ldc, int m, int n, int beta)
+CV_INLINE void F(wgrad_tile_)(ptrdiff_t nq, const T *const *ap, ptrdiff_t off, const T *b, T *c,
+                              ptrdiff_t ldc, int m, int n, int beta, const int mem)
 {
     if (m == WMR) {
         switch (cv_cdiv(n, VL)) {
 #if WNV > 3
-        case 3: F(wgrad_body)(nq, ap, off, b, c, ldc, m, n, beta, 1, 3); break;
+        case 3: F(wgrad_body)(nq, ap, off, b, c, ldc, m, n, beta, 1, 3, mem); break;
 #endif
 #if WNV > 2
-        case 2: F(wgrad_body)(nq, ap, off, b, c, ldc, m, n, beta, 1, 2); break;
+        case 2: F(wgrad_body)(nq, ap, off, b, c, ldc, m, n, beta, 1, 2, mem); break;
 #endif
 #if WNV > 1
-        case 1: F(wgrad_body)(nq, ap, off, b, c, ldc, m, n, beta, 1, 1); break;
+        case 1: F(wgrad_body)(nq, ap, off, b, c, ldc, m, n, beta, 1, 1, mem); break;
 #endif
-        default: F(wgrad_body)(nq, ap, off, b, c, ldc, m, n, beta, 1, WNV);
+        default: F(wgrad_body)(nq, ap, off, b, c, ldc, m, n, beta, 1, WNV, mem);
         }
     } else {
-        F(wgrad_body)(nq, ap, off, b, c, ldc, m, n, beta, 0, WNV);
+        F(wgrad_body)(nq, ap, off, b, c, ldc, m, n, beta, 0, WNV, mem);
     }
+}
+
+static void F(wgrad_tile)(ptrdiff_t nq, const T *const *ap, ptrdiff_t off, const T *b, T *c,
+                          ptrdiff_t ldc, int m, int n, int beta)
+{
+    if (CV_BCAST_MEM()) F(wgrad_tile_)(nq, ap, off, b, c, ldc, m, n, beta, 1);
+    else F(wgrad_tile_)(nq, ap, off, b, c, ldc, m, n, beta, 0);
 }
 
 /* A chunk is a run of whole output rows holding about CV_WGRAD_CHUNK_BYTES of one column block
