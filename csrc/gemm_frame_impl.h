@@ -137,7 +137,9 @@ static void F(serial)(const BLK *bk, const F(plan) *pl, int transa, int transb, 
 #ifdef _OPENMP
 /* Split the tile grid (tm x tn tiles of mr x nr) among nthr threads as a gm x gn grid: the
  * least per-thread cost, counting FMA lanes per depth step plus the panels each thread packs
- * (a packed element costs about one vector FMA, 16 lanes); ties go to the row split. */
+ * or reads in place (an element costs about one vector FMA, 16 lanes: an A panel read in
+ * place still comes from L2 or beyond once per thread that uses it); ties go to the row
+ * split, whose threads write disjoint rows of C. */
 static void F(grid)(ptrdiff_t tm, ptrdiff_t tn, int mr, int nr, const F(plan) *pl, int nthr,
                     int *gm, int *gn)
 {
@@ -148,7 +150,7 @@ static void F(grid)(ptrdiff_t tm, ptrdiff_t tn, int mr, int nr, const F(plan) *p
         const int b = nthr / a;
         const double rows = (double)((tm + a - 1) / a), cols = (double)((tn + b - 1) / b);
         const double cost = rows * cols * mr * nr + (pl->pack_b ? 16.0 * cols * nr : 0.0) +
-                            (pl->pack_a ? 16.0 * rows * mr : 0.0);
+                            16.0 * rows * mr;
         if (best < 0.0 || cost < best) {
             best = cost; *gm = a; *gn = b;
         }

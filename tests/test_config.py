@@ -45,6 +45,13 @@ def test_omp_num_threads_is_the_default(tmp_path):
 def test_fastnet_info_runs(tmp_path):
     out = _run(["-m", "fastnet.cli", "info"], tmp_path)
     assert "GEMM kernel path:" in out.stdout and "threads:" in out.stdout
+    out = _run(["-m", "fastnet.cli", "info"], tmp_path, FASTNET_ISA="avx512",
+               FASTNET_GEMM_BROADCAST="register")
+    from fastnet._kernels import gemm
+    if "avx512" in gemm.available_isas():
+        assert "GEMM AVX-512 broadcasts: register" in out.stdout
+    else:
+        assert "broadcasts" not in out.stdout
 
 
 def test_fastnet_demo_prints_accuracy_and_throughput(tmp_path):
