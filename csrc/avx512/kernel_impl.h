@@ -8,7 +8,7 @@
  * set at dispatch): broadcast once into a register (a load-port op on Intel, whose 2 load
  * ports could not feed 18 loads per 8 cycles of FMAs), or read by each FMA as an embedded
  * {1toN} memory broadcast (AMD Zen 4, where the separate broadcast also takes an FP pipe
- * slot from the FMAs: 3-8% faster here).  Both do the same FMAs in the same order, so the
+ * slot from the FMAs: 2.5-5% faster here).  Both do the same FMAs in the same order, so the
  * results are bitwise identical. */
 #define KCAT_(a, b) a##b
 #define KCAT(a, b) KCAT_(a, b)
