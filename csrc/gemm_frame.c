@@ -6,6 +6,7 @@
 #endif
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "gemm_internal.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -120,7 +121,6 @@ void *fn_scratch(int slot, size_t bytes)
 #include "gemm_frame_impl.h"
 
 /* ---- the FMA peak probe ------------------------------------------------------------------ */
-#include <time.h>
 
 static double wall_seconds(void)
 {

@@ -90,8 +90,8 @@ def measure(spec):
     warmup = spec.get("first_warmup", 0.5)
     cases = [Case(**{**f, "params": tuple(f["params"])}) for f in spec["cases"]]
     # the FMA peak, before and after the cases, for the fraction of it each GEMM reaches
-    peak = config.library == "fastnet" and any(c.unit == "GFLOP/s" for c in cases)
-    peaks = [env.fma_peak(threads)] if peak else []
+    want_peak = config.library == "fastnet" and any(c.unit == "GFLOP/s" for c in cases)
+    peaks = [env.fma_peak(threads)] if want_peak else []
     for case in cases:
         try:
             bench = SUITES[case.suite].make(case, config, ctx)
@@ -106,7 +106,7 @@ def measure(spec):
         finally:
             warmup = spec.get("warmup", 0.1)
         results[case.key] = {"times": times, "check": check}
-    if peak:
+    if want_peak:
         peaks.append(env.fma_peak(threads))
     return {"fma_peak_gflops": sum(peaks) / len(peaks) if peaks else None,
             "config": config.name, "library": config.library, "threads": threads,
